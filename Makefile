@@ -1,0 +1,26 @@
+# Quick start targets: each one installs what it needs first (uv, then the locked environment).
+UV_VERSION := 0.13.8
+export PATH := $(HOME)/.local/bin:$(PATH)
+
+.PHONY: setup run demo ingest test lint bench
+
+setup:
+	@command -v uv >/dev/null 2>&1 && uv --version | grep -q "$(UV_VERSION)" \
+		|| python3 -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	uv sync --frozen
+
+run: setup
+	uv run energy-pipeline run
+
+demo: setup
+	uv run energy-pipeline demo
+
+test: setup
+	uv run pytest
+
+lint: setup
+	uv run ruff check flows tests bench
+	uv run ruff format --check flows tests bench
+
+bench: setup
+	uv run python bench/ingest_bench.py

@@ -1,0 +1,53 @@
+"""Errors that name what failed: dataset, partition and URL."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base error with the context an operator needs to act."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        dataset: str | None = None,
+        partition: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.partition = partition
+        self.url = url
+        self.reason = message
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = [
+            f"{label} {value}"
+            for label, value in (
+                ("dataset", self.dataset),
+                ("partition", self.partition),
+                ("url", self.url),
+            )
+            if value
+        ]
+        return f"{self.reason} [{', '.join(where)}]" if where else self.reason
+
+    def with_context(self, *, dataset: str, partition: str) -> PipelineError:
+        """The same error, completed with the dataset and partition it happened in."""
+        self.dataset = self.dataset or dataset
+        self.partition = self.partition or partition
+        self.args = (self._render(),)
+        return self
+
+
+class TransientError(PipelineError):
+    """A failure worth retrying: throttling, server errors, broken or short transfers."""
+
+
+class PermanentError(PipelineError):
+    """A failure no retry can fix: a bad request, a missing column, an unknown dataset."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an exception is worth another attempt."""
+    return isinstance(exc, TransientError)

@@ -1,0 +1,205 @@
+"""Prefect flows: ingestion with one task per partition, bounded concurrency, transient retries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.catalog import DATASETS, get_dataset
+from flows.errors import PipelineError, is_transient
+from flows.ingest import (
+    LOAD,
+    PartitionPlan,
+    PartitionResult,
+    load_partition,
+    new_load_id,
+    plan_dataset,
+)
+from flows.lake import Lake
+from flows.portals import client_for
+from flows.settings import Settings
+
+
+@dataclass
+class IngestReport:
+    """What an ingestion run did, partition by partition."""
+
+    load_id: str
+    lake: str
+    results: list[PartitionResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[PartitionResult]:
+        """Partitions that could not be loaded."""
+        return [r for r in self.results if r.status == "failed"]
+
+    def count(self, status: str) -> int:
+        """How many partitions ended with a status."""
+        return sum(r.status == status for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The load manifest."""
+        return {
+            "load_id": self.load_id,
+            "lake": self.lake,
+            "finished_at": datetime.now(UTC).isoformat(),
+            "partitions": [r.to_dict() for r in self.results],
+        }
+
+
+class IngestFailed(PipelineError):
+    """One or more partitions failed; the others were committed."""
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a partition only when its failure was transient."""
+    return is_transient(state.result(raise_on_failure=False))
+
+
+@task(name="plan", task_run_name="plan {dataset_name}", cache_policy=NO_CACHE)
+def plan_task(
+    dataset_name: str, years: list[int] | None, force: bool, settings: Settings
+) -> list[PartitionPlan]:
+    """Read a dataset's metadata and per-year counts; decide what to load."""
+    dataset = get_dataset(dataset_name)
+    client = client_for(dataset, settings)
+    try:
+        plans = plan_dataset(dataset, years, force, client, Lake(settings.lake,
+                             s3_endpoint=settings.s3_endpoint))
+    except PipelineError as exc:
+        raise exc.with_context(dataset=dataset_name, partition="(plan)") from exc.__cause__
+    finally:
+        client.close()
+    logger = get_run_logger()
+    for plan in plans:
+        logger.info("%s: %s (%s)", plan.label, plan.action, plan.reason)
+    return plans
+
+
+@task(
+    name="ingest-partition",
+    task_run_name="ingest {plan.dataset} {plan.year}",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=_retry_transient,
+)
+def ingest_partition_task(plan: PartitionPlan, settings: Settings, load_id: str) -> PartitionResult:
+    """Load one partition end to end; transient failures are retried, nothing half-committed."""
+    logger = get_run_logger()
+    lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
+    result = load_partition(plan, settings, lake, load_id)
+    logger.info(
+        "%s: fetched %d rows (%.1f MB) from %s, wrote %d, quarantined %d, "
+        "dropped %d exact duplicates in %.1fs",
+        plan.label,
+        result.rows_received,
+        result.bytes_received / 1e6,
+        result.url,
+        result.rows_written,
+        result.rows_quarantined,
+        result.exact_duplicates_dropped,
+        result.duration_s,
+    )
+    if result.rows_quarantined:
+        logger.warning(
+            "%s: %d rows quarantined under quarantine/%s/annee=%d/",
+            plan.label, result.rows_quarantined, plan.dataset, plan.year,
+        )
+    return result
+
+
+def _skipped(plan: PartitionPlan) -> PartitionResult:
+    return PartitionResult(
+        dataset=plan.dataset,
+        partition=plan.label,
+        year=plan.year,
+        status="skipped",
+        reason=plan.reason,
+        source_signal=plan.signal,
+        rows_expected=plan.count,
+    )
+
+
+def _failed(plan: PartitionPlan, error: BaseException) -> PartitionResult:
+    return PartitionResult(
+        dataset=plan.dataset,
+        partition=plan.label,
+        year=plan.year,
+        status="failed",
+        reason=str(error),
+        source_signal=plan.signal,
+        url=getattr(error, "url", "") or "",
+        rows_expected=plan.count,
+    )
+
+
+def run_ingest(
+    datasets: list[str] | None, years: list[int] | None, force: bool, settings: Settings
+) -> IngestReport:
+    """Plan every dataset, then load partitions concurrently; write the load manifest."""
+    logger = get_run_logger()
+    names = datasets or list(DATASETS)
+    for name in names:
+        get_dataset(name)
+    lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
+    report = IngestReport(load_id=new_load_id(), lake=settings.lake)
+    plan_futures = [plan_task.submit(name, years, force, settings) for name in names]
+    plans: list[PartitionPlan] = []
+    for name, future in zip(names, plan_futures, strict=True):
+        try:
+            plans.extend(future.result())
+        except Exception as exc:  # a dataset whose plan fails is reported, the others go on
+            report.results.append(
+                PartitionResult(dataset=name, partition=f"{name}/(plan)", year=0,
+                                status="failed", reason=str(exc), url=getattr(exc, "url", "") or "")
+            )
+    partition_task = ingest_partition_task.with_options(
+        retries=settings.partition_retries,
+        retry_delay_seconds=[settings.http_backoff_base * 2**i for i in range(settings.partition_retries)],
+    )
+    to_load = [p for p in plans if p.action == LOAD]
+    report.results.extend(_skipped(p) for p in plans if p.action != LOAD)
+    futures = [(p, partition_task.submit(p, settings, report.load_id)) for p in to_load]
+    for plan, future in futures:
+        try:
+            report.results.append(future.result())
+        except Exception as exc:
+            logger.error("%s failed: %s", plan.label, exc)
+            report.results.append(_failed(plan, exc))
+    lake.write_json(f"_manifests/loads/{report.load_id}.json", report.to_dict())
+    logger.info(
+        "load %s: %d loaded, %d skipped, %d failed; manifest _manifests/loads/%s.json",
+        report.load_id, report.count("loaded"), report.count("skipped"), report.count("failed"),
+        report.load_id,
+    )
+    if report.failed:
+        first = report.failed[0]
+        raise IngestFailed(f"{len(report.failed)} partition(s) failed; first: {first.reason}")
+    return report
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(
+    datasets: list[str] | None = None,
+    years: list[int] | None = None,
+    force: bool = False,
+    settings: Settings | None = None,
+) -> IngestReport:
+    """Pull every partition of the chosen datasets into the lake's raw zone."""
+    return run_ingest(datasets, years, force, settings or Settings())
+
+
+def ingest(
+    datasets: list[str] | None = None,
+    years: list[int] | None = None,
+    force: bool = False,
+    settings: Settings | None = None,
+) -> IngestReport:
+    """Run the ingest flow with the partition concurrency the settings ask for."""
+    settings = settings or Settings()
+    runner = ThreadPoolTaskRunner(max_workers=settings.partition_concurrency)
+    return ingest_flow.with_options(task_runner=runner)(datasets, years, force, settings)

@@ -1,0 +1,320 @@
+"""Ingestion of one partition (dataset x year): plan, stream, validate, dedup, stage, commit."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flows.catalog import Dataset, get_dataset
+from flows.errors import PermanentError, PipelineError, TransientError
+from flows.lake import Lake
+from flows.portals import client_for
+from flows.portals.base import PartitionInfo, PartitionStats, PortalClient
+from flows.settings import Settings
+from flows.spool import KeySpool, lake_schema
+from flows.validate import REASON, normalise, validate_chunk
+
+log = logging.getLogger(__name__)
+
+LOAD = "load"
+SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    """What to do with one partition, and why."""
+
+    dataset: str
+    year: int
+    action: str
+    reason: str
+    signal: str
+    count: int | None
+    checksum: float | None
+    source_fields: tuple[str, ...]
+    metadata_url: str
+
+    @property
+    def label(self) -> str:
+        """`dataset/annee=YYYY`, as logs and errors name a partition."""
+        return f"{self.dataset}/annee={self.year}"
+
+
+@dataclass
+class PartitionResult:
+    """What a partition load did; one entry of the load manifest."""
+
+    dataset: str
+    partition: str
+    year: int
+    status: str  # loaded | skipped | failed
+    reason: str = ""
+    source_signal: str = ""
+    url: str = ""
+    rows_expected: int | None = None
+    rows_received: int = 0
+    rows_written: int = 0
+    rows_quarantined: int = 0
+    exact_duplicates_dropped: int = 0
+    bytes_received: int = 0
+    bytes_written: int = 0
+    duration_s: float = 0.0
+    extra_columns: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy."""
+        return asdict(self)
+
+
+def new_load_id() -> str:
+    """A sortable, unique load id."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def plan_dataset(
+    dataset: Dataset,
+    years: Iterable[int] | None,
+    force: bool,
+    client: PortalClient,
+    lake: Lake,
+) -> list[PartitionPlan]:
+    """Partitions of one dataset to load or skip, from its metadata and per-year counts."""
+    metadata = client.metadata(dataset)
+    available = client.partitions(dataset)
+    wanted = sorted(set(years) if years else set(available))
+    plans = []
+    for year in wanted:
+        info = available.get(year)
+        action, reason = _decide(info, lake.pointer(dataset.name, year), metadata.signal, force)
+        plans.append(
+            PartitionPlan(
+                dataset=dataset.name,
+                year=year,
+                action=action,
+                reason=reason,
+                signal=metadata.signal,
+                count=info.count if info else None,
+                checksum=info.checksum if info else None,
+                source_fields=metadata.fields,
+                metadata_url=metadata.url,
+            )
+        )
+    return plans
+
+
+def _decide(
+    info: PartitionInfo | None, committed: dict[str, Any] | None, signal: str, force: bool
+) -> tuple[str, str]:
+    if info is None:
+        return SKIP, "absent at the source"
+    if force:
+        return LOAD, "forced"
+    if committed is None:
+        return LOAD, "never loaded"
+    if committed.get("source_count") != info.count:
+        return LOAD, f"count changed {committed.get('source_count')} -> {info.count}"
+    if committed.get("source_signal") == signal:
+        return SKIP, "unchanged (same change signal and count)"
+    if info.checksum is not None and committed.get("source_checksum") == info.checksum:
+        return SKIP, "unchanged (source updated, but this year's count and sum are the same)"
+    return LOAD, f"source changed ({committed.get('source_signal')} -> {signal})"
+
+
+def load_partition(plan: PartitionPlan, settings: Settings, lake: Lake, load_id: str) -> PartitionResult:
+    """Download, validate and commit one partition; raises and commits nothing on failure."""
+    dataset = get_dataset(plan.dataset)
+    client = client_for(dataset, settings)
+    started = time.monotonic()
+    stats = PartitionStats()
+    try:
+        return _load(plan, dataset, client, lake, load_id, settings, stats, started)
+    except PipelineError as exc:
+        raise exc.with_context(dataset=plan.dataset, partition=plan.label) from exc.__cause__
+    finally:
+        client.close()
+
+
+def _load(
+    plan: PartitionPlan,
+    dataset: Dataset,
+    client: PortalClient,
+    lake: Lake,
+    load_id: str,
+    settings: Settings,
+    stats: PartitionStats,
+    started: float,
+) -> PartitionResult:
+    _require_columns(dataset, plan.source_fields, plan.metadata_url)
+    extras = _extras(dataset, plan.source_fields)
+    expected = client.count(dataset, plan.year)
+    lake.clear_staging(dataset.name, plan.year)
+    schema = lake_schema(dataset, extras)
+    spool = KeySpool(schema, dataset.natural_key, expected, settings.spool_bucket_rows)
+    quarantine: list[pd.DataFrame] = []
+    try:
+        for frame in _rebatch(client.stream(dataset, plan.year, stats), settings.validation_chunk_rows):
+            _check_columns(dataset, frame, extras, stats.url)
+            result = validate_chunk(dataset, plan.year, normalise(dataset, frame))
+            spool.add(result.good)
+            if len(result.bad):
+                quarantine.append(result.bad)
+        _check_complete(stats, expected)
+        files, written, duplicates, written_bytes = _stage(
+            lake, dataset, plan.year, load_id, spool, quarantine
+        )
+    finally:
+        spool.close()
+    quarantined = sum(len(q) for q in quarantine)
+    pointer = {
+        "load_id": load_id,
+        "dataset": dataset.name,
+        "year": plan.year,
+        "source_signal": plan.signal,
+        "source_count": expected,
+        "source_checksum": plan.checksum,
+        "url": stats.url,
+        "rows": written,
+        "files": files,
+        "committed_at": datetime.now(UTC).isoformat(),
+    }
+    lake.commit_partition(dataset.name, plan.year, load_id, pointer)
+    if quarantine:
+        _write_quarantine(lake, dataset.name, plan.year, load_id, quarantine)
+    if extras:
+        log.warning("%s: schema drift, extra columns kept as text: %s", plan.label, extras)
+    return PartitionResult(
+        dataset=dataset.name,
+        partition=plan.label,
+        year=plan.year,
+        status="loaded",
+        reason=plan.reason,
+        source_signal=plan.signal,
+        url=stats.url,
+        rows_expected=expected,
+        rows_received=stats.rows,
+        rows_written=written,
+        rows_quarantined=quarantined,
+        exact_duplicates_dropped=duplicates,
+        bytes_received=stats.bytes,
+        bytes_written=written_bytes,
+        duration_s=round(time.monotonic() - started, 3),
+        extra_columns=extras,
+        files=files,
+    )
+
+
+def _require_columns(dataset: Dataset, source_fields: tuple[str, ...], url: str) -> None:
+    present = {dataset.canonical(f) for f in source_fields}
+    missing = [c for c in dataset.required if c not in present]
+    if missing:
+        raise PermanentError(
+            f"required column(s) missing at the source: {', '.join(missing)}; "
+            "the portal changed its schema: update the catalog entry",
+            url=url,
+        )
+
+
+def _extras(dataset: Dataset, source_fields: tuple[str, ...]) -> list[str]:
+    known = dataset.column_map
+    return [c for c in dict.fromkeys(dataset.canonical(f) for f in source_fields) if c not in known]
+
+
+def _check_columns(dataset: Dataset, frame: pd.DataFrame, extras: list[str], url: str) -> None:
+    names = {dataset.canonical(c) for c in frame.columns}
+    unexpected = names - set(dataset.column_map) - set(extras)
+    if unexpected:
+        raise TransientError(
+            f"columns not declared by the portal's metadata: {sorted(unexpected)} "
+            "(schema changed during the transfer)",
+            url=url,
+        )
+    if dataset.protocol == "opendatasoft":
+        missing = [c for c in dataset.required if c not in names]
+        if missing:
+            raise PermanentError(f"required column(s) missing in the export: {missing}", url=url)
+
+
+def _rebatch(frames: Iterator[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame]:
+    pending: list[pd.DataFrame] = []
+    size = 0
+    for frame in frames:
+        pending.append(frame)
+        size += len(frame)
+        if size >= rows:
+            yield _concat(pending)
+            pending, size = [], 0
+    if pending:
+        yield _concat(pending)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    if len(frames) == 1:
+        return frames[0].reset_index(drop=True)
+    return pd.concat(frames, ignore_index=True, sort=False)
+
+
+def _check_complete(stats: PartitionStats, expected: int) -> None:
+    if stats.expected is not None and stats.expected != expected:
+        raise TransientError(
+            f"the portal's count moved during the load ({expected} then {stats.expected})",
+            url=stats.url,
+        )
+    if stats.rows != expected:
+        raise TransientError(
+            f"incomplete transfer: received {stats.rows} rows, the portal counts {expected}",
+            url=stats.url,
+        )
+
+
+def _stage(
+    lake: Lake,
+    dataset: Dataset,
+    year: int,
+    load_id: str,
+    spool: KeySpool,
+    quarantine: list[pd.DataFrame],
+) -> tuple[list[str], int, int, int]:
+    staged = lake.staging(dataset.name, year, load_id)
+    files: list[str] = []
+    written = duplicates = written_bytes = 0
+    key = ", ".join(dataset.natural_key)
+    for number, bucket in enumerate(spool.resolve()):
+        duplicates += bucket.exact_duplicates
+        if len(bucket.conflicts):
+            quarantine.append(
+                bucket.conflicts.astype("str").assign(
+                    **{REASON: f"natural key ({key}) shared by rows with different values"}
+                )
+            )
+        if bucket.rows.num_rows == 0:
+            continue
+        name = f"part-{load_id}-{number:05d}.parquet"
+        table = bucket.rows.drop_columns(["annee"]) if "annee" in bucket.rows.column_names else bucket.rows
+        path = lake.path(f"{staged}/{name}")
+        with lake.fs.open(path, "wb") as handle:
+            pq.write_table(table, handle, compression="zstd")
+        written_bytes += lake.fs.size(path)
+        files.append(name)
+        written += table.num_rows
+    return files, written, duplicates, written_bytes
+
+
+def _write_quarantine(
+    lake: Lake, dataset: str, year: int, load_id: str, frames: list[pd.DataFrame]
+) -> None:
+    rows = pd.concat(frames, ignore_index=True, sort=False).astype("str")
+    rows["_load_id"] = load_id
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    target = lake.path(f"quarantine/{dataset}/annee={year}/{load_id}.parquet")
+    lake.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+    with lake.fs.open(target, "wb") as handle:
+        pq.write_table(table, handle)

@@ -1,0 +1,149 @@
+"""The lake: one filesystem abstraction for local paths and S3, and atomic partition commits."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import logging
+import os
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+log = logging.getLogger(__name__)
+
+POINTER = "_current.json"
+STAGING = "_staging"
+
+
+def storage_options(uri: str, s3_endpoint: str | None) -> dict[str, Any]:
+    """fsspec options for a lake URI; S3 credentials come from the environment or profile."""
+    if uri.startswith(("s3://", "s3a://")) and s3_endpoint:
+        return {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    return {}
+
+
+class Lake:
+    """A lake root (local path, file:// or s3://) and the paths of the layout in CONTRACT.md."""
+
+    def __init__(self, uri: str, *, s3_endpoint: str | None = None) -> None:
+        self.uri = uri.rstrip("/")
+        fs, root = fsspec.core.url_to_fs(
+            self.uri.replace("s3a://", "s3://", 1), **storage_options(self.uri, s3_endpoint)
+        )
+        self.fs: fsspec.AbstractFileSystem = fs
+        self.root = root.rstrip("/")
+        self.is_local = isinstance(fs, LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        """An absolute path (or bucket key) inside the lake."""
+        return "/".join([self.root, *parts])
+
+    def partition(self, dataset: str, year: int) -> str:
+        """Lake-relative folder of one raw partition."""
+        return f"raw/{dataset}/annee={year}"
+
+    def staging(self, dataset: str, year: int, load_id: str) -> str:
+        """Lake-relative staging folder of one partition load (hidden from readers)."""
+        return f"raw/{dataset}/{STAGING}/{load_id}-annee={year}"
+
+    def read_json(self, relative: str) -> Any | None:
+        """A JSON document of the lake, or None when it does not exist."""
+        try:
+            with self.fs.open(self.path(relative), "rb") as handle:
+                return json.loads(handle.read())
+        except FileNotFoundError:
+            return None
+
+    def write_json(self, relative: str, document: Any) -> None:
+        """Write a JSON document as one object (a single PUT on S3)."""
+        payload = json.dumps(document, indent=2, ensure_ascii=False, default=str).encode()
+        if self.is_local:
+            self._write_local_atomic(self.path(relative), payload)
+            return
+        with self.fs.open(self.path(relative), "wb") as handle:
+            handle.write(payload)
+
+    def _write_local_atomic(self, target: str, payload: bytes) -> None:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        temporary = f"{target}.tmp-{os.getpid()}"
+        with open(temporary, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+
+    def pointer(self, dataset: str, year: int) -> dict[str, Any] | None:
+        """The committed state of a partition (what was loaded, from which source version)."""
+        return self.read_json(f"{self.partition(dataset, year)}/{POINTER}")
+
+    def remove(self, relative: str) -> None:
+        """Delete a folder or object if it exists."""
+        target = self.path(relative)
+        if self.fs.exists(target):
+            self.fs.rm(target, recursive=True)
+
+    def clear_staging(self, dataset: str, year: int) -> None:
+        """Remove what earlier failed attempts staged for this partition."""
+        staging_root = self.path(f"raw/{dataset}/{STAGING}")
+        if not self.fs.exists(staging_root):
+            return
+        for entry in self.fs.ls(staging_root, detail=False):
+            if entry.rstrip("/").endswith(f"-annee={year}"):
+                self.fs.rm(entry, recursive=True)
+
+    def commit_partition(
+        self, dataset: str, year: int, load_id: str, pointer: dict[str, Any]
+    ) -> None:
+        """Make a staged partition the current one, whole, in one step readers cannot split."""
+        staged = self.staging(dataset, year, load_id)
+        final = self.partition(dataset, year)
+        if self.is_local:
+            self.write_json(f"{staged}/{POINTER}", pointer)
+            self._swap_local(self.path(staged), self.path(final))
+            return
+        for name in pointer["files"]:
+            self.fs.copy(self.path(f"{staged}/{name}"), self.path(f"{final}/{name}"))
+        self.write_json(f"{final}/{POINTER}", pointer)
+        keep = {*pointer["files"], POINTER}
+        for entry in self.fs.ls(self.path(final), detail=False):
+            if entry.rsplit("/", 1)[-1] not in keep:
+                self.fs.rm(entry, recursive=True)
+        self.remove(staged)
+
+    def _swap_local(self, staged: str, final: str) -> None:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        if not os.path.exists(final):
+            os.rename(staged, final)
+            return
+        if _exchange(staged, final):
+            self.fs.rm(staged, recursive=True)
+            return
+        retired = f"{staged}.old"
+        os.rename(final, retired)
+        os.rename(staged, final)
+        self.fs.rm(retired, recursive=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Atomically swap two directories (Linux renameat2); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    result = renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), first)

@@ -1,0 +1,45 @@
+"""Runtime settings: environment (ENERGY_PIPELINE_*), a .env file, or explicit values."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline, with the embedded defaults of CONTRACT.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ENERGY_PIPELINE_", env_file=".env", extra="ignore"
+    )
+
+    lake: str = Field("./lake", description="Lake root: a path, file://..., or s3://bucket/prefix")
+    odre_url: str = "https://odre.opendatasoft.com"
+    ore_url: str = "https://opendata.agenceore.fr"
+    enedis_url: str = "https://opendata.enedis.fr"
+    spark_master: str = "local[*]"
+    s3_endpoint: str | None = None
+
+    http_connect_timeout: float = 10.0
+    http_read_timeout: float = 120.0
+    http_max_attempts: int = 6
+    http_backoff_base: float = 1.0
+    http_backoff_max: float = 60.0
+    portal_concurrency: int = 2
+    partition_concurrency: int = 4
+    partition_retries: int = 3
+    datafair_page_size: int = 10_000
+    validation_chunk_rows: int = 50_000
+    spool_bucket_rows: int = 250_000
+    user_agent: str = (
+        "energy-pipeline/0.1 (+https://github.com/energy-pipeline/energy-pipeline; open data ETL)"
+    )
+
+    def portal_url(self, portal: str) -> str:
+        """Base URL of a portal by its short name (odre, ore, enedis)."""
+        return str(getattr(self, f"{portal}_url"))
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]
