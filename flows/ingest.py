@@ -89,7 +89,7 @@ def plan_dataset(
 ) -> list[PartitionPlan]:
     """Partitions of one dataset to load or skip, from its metadata and per-year counts."""
     metadata = client.metadata(dataset)
-    available = client.partitions(dataset)
+    available = client.partitions(dataset, metadata)
     wanted = sorted(set(years) if years else set(available))
     plans = []
     for year in wanted:
@@ -284,6 +284,7 @@ def _stage(
     quarantine: list[pd.DataFrame],
 ) -> tuple[list[str], int, int, int]:
     staged = lake.staging(dataset.name, year, load_id)
+    lake.fs.makedirs(lake.path(staged), exist_ok=True)
     files: list[str] = []
     written = duplicates = written_bytes = 0
     key = ", ".join(dataset.natural_key)

@@ -46,7 +46,7 @@ class PortalClient(Protocol):
     def metadata(self, dataset: Dataset) -> SourceMetadata:
         """The dataset's declared fields and change signal."""
 
-    def partitions(self, dataset: Dataset) -> dict[int, PartitionInfo]:
+    def partitions(self, dataset: Dataset, metadata: SourceMetadata) -> dict[int, PartitionInfo]:
         """Every partition the portal holds, with its row count (one request)."""
 
     def count(self, dataset: Dataset, year: int) -> int:

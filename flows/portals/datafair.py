@@ -36,11 +36,12 @@ class DataFairClient:
         )
         return SourceMetadata(signal=str(signal), fields=fields, url=self.http.url(path))
 
-    def partitions(self, dataset: Dataset) -> dict[int, PartitionInfo]:
+    def partitions(self, dataset: Dataset, metadata: SourceMetadata) -> dict[int, PartitionInfo]:
         """Rows (and the fingerprint sum) per year in one values_agg request."""
         params: dict[str, Any] = {"field": dataset.partition_field, "agg_size": 1000}
-        if dataset.fingerprint_field:
-            params |= {"metric": "sum", "metric_field": dataset.fingerprint_field}
+        measure = [f for f in metadata.fields if dataset.canonical(f) == dataset.fingerprint_field]
+        if measure:
+            params |= {"metric": "sum", "metric_field": measure[0]}
         doc = self.http.get_json(f"{API}/{dataset.source_id}/values_agg", params)
         found = {}
         for agg in doc.get("aggs", []):

@@ -42,7 +42,7 @@ class OpendatasoftClient:
         fields = tuple(f["name"] for f in doc.get("fields", []))
         return SourceMetadata(signal=str(signal), fields=fields, url=self.http.url(path))
 
-    def partitions(self, dataset: Dataset) -> dict[int, PartitionInfo]:
+    def partitions(self, dataset: Dataset, metadata: SourceMetadata) -> dict[int, PartitionInfo]:
         """Rows per year in one grouped records query."""
         year = f"year({dataset.partition_field})"
         doc = self.http.get_json(

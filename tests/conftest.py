@@ -1,0 +1,93 @@
+"""Shared fixtures: the portal emulator, a moto S3 server, a Prefect test server, settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+from flows.emulator import PortalEmulator  # noqa: E402
+from flows.settings import Settings  # noqa: E402
+
+TEST_OUTPUT = Path(os.environ.get("TEST_OUTPUT_DIR", "test-output"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server() -> Iterator[None]:
+    """A real, temporary Prefect server (SQLite) for every flow run of the session."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def emulator_session() -> Iterator[PortalEmulator]:
+    """The local portal emulator, over real HTTP on loopback."""
+    with PortalEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def emulator(emulator_session: PortalEmulator) -> Iterator[PortalEmulator]:
+    """The emulator with no faults, no data changes and an empty request log."""
+    emulator_session.reset()
+    yield emulator_session
+    emulator_session.reset()
+
+
+def fast_settings(emulator: PortalEmulator, lake: str, **overrides: object) -> Settings:
+    """Settings pointing at the emulator, with retries short enough for tests."""
+    urls = emulator.urls
+    values: dict[str, object] = {
+        "lake": lake,
+        "odre_url": urls["odre"],
+        "ore_url": urls["ore"],
+        "enedis_url": urls["enedis"],
+        "http_backoff_base": 0.05,
+        "http_backoff_max": 2.0,
+        "http_max_attempts": 4,
+        "partition_retries": 2,
+        "http_read_timeout": 10.0,
+        "spool_bucket_rows": 20_000,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(emulator: PortalEmulator, tmp_path: Path) -> Settings:
+    """Settings for a fresh local lake fed by the emulator."""
+    return fast_settings(emulator, str(tmp_path / "lake"))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto server speaking the real S3 protocol on a free loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket on the moto server."""
+    name = "lake-" + request.node.name.lower().replace("_", "-")[:40]
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=name
+    )
+    return name
