@@ -21,6 +21,7 @@ test: setup
 lint: setup
 	uv run ruff check flows tests bench
 	uv run ruff format --check flows tests bench
+	uv run mypy flows
 
 bench: setup
 	uv run python bench/ingest_bench.py

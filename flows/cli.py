@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from flows.catalog import DATASETS
 
@@ -57,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flows.flow import ingest
     from flows.settings import Settings
 
-    overrides = {"lake": args.lake} if args.lake else {}
+    overrides: dict[str, Any] = {"lake": args.lake} if args.lake else {}
     try:
         if args.command == "demo":
             return _demo(args, overrides)
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+def _demo(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from flows.emulator import PortalEmulator
     from flows.flow import ingest
     from flows.settings import Settings
@@ -80,9 +81,8 @@ def _demo(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     overrides.setdefault("lake", os.environ.get("ENERGY_PIPELINE_DEMO_LAKE", "./lake-demo"))
     with PortalEmulator() as emulator:
         urls = emulator.urls
-        settings = Settings(
-            odre_url=urls["odre"], ore_url=urls["ore"], enedis_url=urls["enedis"], **overrides
-        )
+        overrides |= {f"{portal}_url": url for portal, url in urls.items()}
+        settings = Settings(**overrides)
         report = ingest(args.datasets, args.years, args.force, settings)
     print(
         f"demo load {report.load_id}: {report.count('loaded')} partitions loaded, "

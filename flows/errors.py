@@ -43,6 +43,8 @@ class PipelineError(Exception):
 class TransientError(PipelineError):
     """A failure worth retrying: throttling, server errors, broken or short transfers."""
 
+    retry_after: float | None = None  # seconds the server asked us to wait
+
 
 class PermanentError(PipelineError):
     """A failure no retry can fix: a bad request, a missing column, an unknown dataset."""

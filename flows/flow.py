@@ -69,8 +69,9 @@ def plan_task(
     dataset = get_dataset(dataset_name)
     client = client_for(dataset, settings)
     try:
-        plans = plan_dataset(dataset, years, force, client, Lake(settings.lake,
-                             s3_endpoint=settings.s3_endpoint))
+        plans = plan_dataset(
+            dataset, years, force, client, Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
+        )
     except PipelineError as exc:
         raise exc.with_context(dataset=dataset_name, partition="(plan)") from exc.__cause__
     finally:
@@ -107,7 +108,10 @@ def ingest_partition_task(plan: PartitionPlan, settings: Settings, load_id: str)
     if result.rows_quarantined:
         logger.warning(
             "%s: %d rows quarantined under quarantine/%s/annee=%d/",
-            plan.label, result.rows_quarantined, plan.dataset, plan.year,
+            plan.label,
+            result.rows_quarantined,
+            plan.dataset,
+            plan.year,
         )
     return result
 
@@ -154,26 +158,37 @@ def run_ingest(
             plans.extend(future.result())
         except Exception as exc:  # a dataset whose plan fails is reported, the others go on
             report.results.append(
-                PartitionResult(dataset=name, partition=f"{name}/(plan)", year=0,
-                                status="failed", reason=str(exc), url=getattr(exc, "url", "") or "")
+                PartitionResult(
+                    dataset=name,
+                    partition=f"{name}/(plan)",
+                    year=0,
+                    status="failed",
+                    reason=str(exc),
+                    url=getattr(exc, "url", "") or "",
+                )
             )
     partition_task = ingest_partition_task.with_options(
         retries=settings.partition_retries,
-        retry_delay_seconds=[settings.http_backoff_base * 2**i for i in range(settings.partition_retries)],
+        retry_delay_seconds=[
+            settings.http_backoff_base * 2**i for i in range(settings.partition_retries)
+        ],
     )
     to_load = [p for p in plans if p.action == LOAD]
     report.results.extend(_skipped(p) for p in plans if p.action != LOAD)
-    futures = [(p, partition_task.submit(p, settings, report.load_id)) for p in to_load]
-    for plan, future in futures:
+    loads = [(p, partition_task.submit(p, settings, report.load_id)) for p in to_load]
+    for plan, load in loads:
         try:
-            report.results.append(future.result())
+            report.results.append(load.result())
         except Exception as exc:
             logger.error("%s failed: %s", plan.label, exc)
             report.results.append(_failed(plan, exc))
     lake.write_json(f"_manifests/loads/{report.load_id}.json", report.to_dict())
     logger.info(
         "load %s: %d loaded, %d skipped, %d failed; manifest _manifests/loads/%s.json",
-        report.load_id, report.count("loaded"), report.count("skipped"), report.count("failed"),
+        report.load_id,
+        report.count("loaded"),
+        report.count("skipped"),
+        report.count("failed"),
         report.load_id,
     )
     if report.failed:
@@ -201,5 +216,5 @@ def ingest(
 ) -> IngestReport:
     """Run the ingest flow with the partition concurrency the settings ask for."""
     settings = settings or Settings()
-    runner = ThreadPoolTaskRunner(max_workers=settings.partition_concurrency)
+    runner: Any = ThreadPoolTaskRunner(max_workers=settings.partition_concurrency)
     return ingest_flow.with_options(task_runner=runner)(datasets, years, force, settings)

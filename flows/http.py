@@ -37,9 +37,8 @@ class RetryPolicy:
         ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
 
-    def delay(self, attempt: int, response: httpx.Response | None = None) -> float:
-        """The wait before the next attempt, honouring Retry-After and X-RateLimit-Reset."""
-        hinted = _server_hint(response) if response is not None else None
+    def delay(self, attempt: int, hinted: float | None = None) -> float:
+        """The wait before the next attempt: the server's hint if any, else backoff."""
         if hinted is not None:
             return min(self.max_delay, max(0.0, hinted))
         return self.backoff(attempt)
@@ -125,7 +124,7 @@ class PortalHttp:
                     body = response.read()
                 return _decode_json(body, url), response.num_bytes_downloaded
             except TransientError as exc:
-                self._wait_or_raise(attempt, exc, getattr(exc, "response", None))
+                self._wait_or_raise(attempt, exc)
         raise AssertionError("unreachable")
 
     @contextmanager
@@ -142,7 +141,7 @@ class PortalHttp:
             except TransientError as exc:
                 if opened:
                     raise
-                self._wait_or_raise(attempt, exc, getattr(exc, "response", None))
+                self._wait_or_raise(attempt, exc)
 
     @contextmanager
     def _send(self, url: str, params: Params | None) -> Iterator[httpx.Response]:
@@ -157,31 +156,26 @@ class PortalHttp:
             if response.status_code >= 400:
                 text = _error_text(response)
                 message = f"HTTP {response.status_code} from {self.portal}: {text}"
-                error_type = (
-                    TransientError
-                    if response.status_code in RETRYABLE_STATUS
-                    else PermanentError
-                )
-                error = error_type(message, url=shown)
-                error.response = response  # type: ignore[attr-defined]
+                if response.status_code not in RETRYABLE_STATUS:
+                    raise PermanentError(message, url=shown)
+                error = TransientError(message, url=shown)
+                error.retry_after = _server_hint(response)
                 raise error
             try:
                 yield response
             except (httpx.TransportError, httpx.DecodingError) as exc:
-                error = TransientError(f"transfer broken: {type(exc).__name__}: {exc}", url=shown)
-                error.in_body = True  # type: ignore[attr-defined]
-                raise error from exc
+                raise TransientError(
+                    f"transfer broken: {type(exc).__name__}: {exc}", url=shown
+                ) from exc
         finally:
             response.close()
 
-    def _wait_or_raise(
-        self, attempt: int, exc: TransientError, response: httpx.Response | None
-    ) -> None:
+    def _wait_or_raise(self, attempt: int, exc: TransientError) -> None:
         if attempt >= self.policy.max_attempts:
             exc.reason = f"{exc.reason} (gave up after {attempt} attempts)"
             exc.args = (exc._render(),)
             raise exc
-        wait = self.policy.delay(attempt, response)
+        wait = self.policy.delay(attempt, exc.retry_after)
         log.warning("retry %d/%d in %.1fs: %s", attempt, self.policy.max_attempts, wait, exc)
         self._sleep(wait)
 
@@ -204,7 +198,9 @@ def _decode_json(body: bytes, url: str) -> Any:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise TransientError(f"invalid or incomplete JSON body ({len(body)} bytes)", url=url) from exc
+        raise TransientError(
+            f"invalid or incomplete JSON body ({len(body)} bytes)", url=url
+        ) from exc
     if isinstance(doc, dict) and "error_code" in doc and "results" not in doc:
         raise PermanentError(f"portal error in a 200 body: {doc.get('message')}", url=url)
     return doc

@@ -129,7 +129,9 @@ def _decide(
     return LOAD, f"source changed ({committed.get('source_signal')} -> {signal})"
 
 
-def load_partition(plan: PartitionPlan, settings: Settings, lake: Lake, load_id: str) -> PartitionResult:
+def load_partition(
+    plan: PartitionPlan, settings: Settings, lake: Lake, load_id: str
+) -> PartitionResult:
     """Download, validate and commit one partition; raises and commits nothing on failure."""
     dataset = get_dataset(plan.dataset)
     client = client_for(dataset, settings)
@@ -161,7 +163,9 @@ def _load(
     spool = KeySpool(schema, dataset.natural_key, expected, settings.spool_bucket_rows)
     quarantine: list[pd.DataFrame] = []
     try:
-        for frame in _rebatch(client.stream(dataset, plan.year, stats), settings.validation_chunk_rows):
+        for frame in _rebatch(
+            client.stream(dataset, plan.year, stats), settings.validation_chunk_rows
+        ):
             _check_columns(dataset, frame, extras, stats.url)
             result = validate_chunk(dataset, plan.year, normalise(dataset, frame))
             spool.add(result.good)
@@ -299,7 +303,11 @@ def _stage(
         if bucket.rows.num_rows == 0:
             continue
         name = f"part-{load_id}-{number:05d}.parquet"
-        table = bucket.rows.drop_columns(["annee"]) if "annee" in bucket.rows.column_names else bucket.rows
+        table = (
+            bucket.rows.drop_columns(["annee"])
+            if "annee" in bucket.rows.column_names
+            else bucket.rows
+        )
         path = lake.path(f"{staged}/{name}")
         with lake.fs.open(path, "wb") as handle:
             pq.write_table(table, handle, compression="zstd")

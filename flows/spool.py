@@ -1,7 +1,8 @@
-"""Bounded-memory exact dedup: rows hashed by natural key into local buckets, resolved per bucket."""
+"""Exact dedup in bounded memory: rows hashed by natural key into local buckets."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 from collections.abc import Iterator
@@ -44,8 +45,9 @@ class Bucket:
 class KeySpool:
     """Spreads rows over buckets by key hash so each bucket fits in memory for exact dedup."""
 
-    def __init__(self, schema: pa.Schema, key: tuple[str, ...], expected_rows: int,
-                 bucket_rows: int) -> None:
+    def __init__(
+        self, schema: pa.Schema, key: tuple[str, ...], expected_rows: int, bucket_rows: int
+    ) -> None:
         self.schema = schema
         self.key = list(key)
         self.buckets = max(1, math.ceil(expected_rows / bucket_rows))
@@ -102,8 +104,6 @@ class KeySpool:
         """Drop the spool files."""
         for writer in self._writers:
             if writer is not None:
-                try:
+                with contextlib.suppress(pa.ArrowInvalid):
                     writer.close()
-                except pa.ArrowInvalid:
-                    pass
         self._dir.cleanup()

@@ -114,9 +114,13 @@ def _parse_types(dataset: Dataset, frame: pd.DataFrame) -> tuple[pd.DataFrame, p
         _note(reasons, broken, f"{column.name}: {problem}: ", source)
         if broken.any():
             parsed = parsed.mask(broken)
-        frame[column.name] = parsed.astype(INSTANT_DTYPE if column.kind is Kind.INSTANT
-                                           else "Int64" if column.kind in (Kind.INT, Kind.YEAR)
-                                           else "float64")
+        frame[column.name] = parsed.astype(
+            INSTANT_DTYPE
+            if column.kind is Kind.INSTANT
+            else "Int64"
+            if column.kind in (Kind.INT, Kind.YEAR)
+            else "float64"
+        )
     return frame, reasons
 
 

@@ -13,10 +13,10 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+from prefect.testing.utilities import prefect_test_harness
 
-from flows.emulator import PortalEmulator  # noqa: E402
-from flows.settings import Settings  # noqa: E402
+from flows.emulator import PortalEmulator
+from flows.settings import Settings
 
 TEST_OUTPUT = Path(os.environ.get("TEST_OUTPUT_DIR", "test-output"))
 
@@ -87,7 +87,5 @@ def s3_endpoint() -> Iterator[str]:
 def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
     """A fresh bucket on the moto server."""
     name = "lake-" + request.node.name.lower().replace("_", "-")[:40]
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
-        Bucket=name
-    )
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return name

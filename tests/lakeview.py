@@ -35,7 +35,9 @@ def counts_by_year(lake: Path, dataset: str) -> dict[int, int]:
 
 def duplicate_keys(lake: Path, dataset: str) -> int:
     """How many natural keys occur more than once."""
-    key = ", ".join(f"coalesce(cast({c} as varchar), '∅')" for c in get_dataset(dataset).natural_key)
+    key = ", ".join(
+        f"coalesce(cast({c} as varchar), '∅')" for c in get_dataset(dataset).natural_key
+    )
     return int(
         duckdb.sql(
             f"select count(*) from (select {key} from read_parquet('{raw_glob(lake, dataset)}', "

@@ -57,7 +57,9 @@ def test_transport_fault_is_retried_and_data_is_identical(
     report = ingest([dataset], [2023], settings=settings)
 
     assert not report.failed
-    assert counts_by_year(Path(settings.lake), dataset) == {2023: len(emulator.table(dataset, 2023))}
+    assert counts_by_year(Path(settings.lake), dataset) == {
+        2023: len(emulator.table(dataset, 2023))
+    }
     assert duplicate_keys(Path(settings.lake), dataset) == 0
     times = options.get("times", 1)
     assert len(faulted_requests(emulator, dataset, request_kind, fault, times)) == times
@@ -88,13 +90,17 @@ def test_permanent_failure_names_dataset_partition_url_and_commits_nothing(emula
 def test_a_failed_reload_leaves_the_committed_partition_intact(emulator, settings):
     ingest(["commune"], [2023], settings=settings)
     lake = Path(settings.lake)
-    before = read_raw(lake, "commune").sort_values(["code_commune", "operateur"]).reset_index(drop=True)
+    before = (
+        read_raw(lake, "commune").sort_values(["code_commune", "operateur"]).reset_index(drop=True)
+    )
     emulator.inject("reset", dataset="commune", request="lines", times=None, fraction=0.5)
 
     with pytest.raises(IngestFailed):
         ingest(["commune"], [2023], force=True, settings=settings)
 
-    after = read_raw(lake, "commune").sort_values(["code_commune", "operateur"]).reset_index(drop=True)
+    after = (
+        read_raw(lake, "commune").sort_values(["code_commune", "operateur"]).reset_index(drop=True)
+    )
     pd.testing.assert_frame_equal(before, after)
 
 
@@ -135,7 +141,9 @@ def test_extra_column_is_kept_and_reported_as_drift(emulator, settings):
     (result,) = report.results
     assert result.extra_columns == ["colonne_nouvelle"]
     stored = read_raw(Path(settings.lake), "departement")
-    assert set(stored["colonne_nouvelle"]) == set(emulator.table("departement", 2023)["colonne_nouvelle"])
+    assert set(stored["colonne_nouvelle"]) == set(
+        emulator.table("departement", 2023)["colonne_nouvelle"]
+    )
 
 
 def test_missing_required_column_fails_the_partition_naming_the_column(emulator, settings):

@@ -63,7 +63,9 @@ class DataFairClient:
         """Every page of the partition's lines, technical `_` keys dropped."""
         path = f"{API}/{dataset.source_id}/lines"
         params = {**self._filter(dataset, year), "size": self.page_size}
-        stats.url = str(self.http.client.build_request("GET", self.http.url(path), params=params).url)
+        stats.url = str(
+            self.http.client.build_request("GET", self.http.url(path), params=params).url
+        )
         url: str | None = path
         first = True
         while url:

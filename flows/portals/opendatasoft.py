@@ -71,7 +71,9 @@ class OpendatasoftClient:
         """The partition's CSV export, parsed in blocks as it arrives, every value as text."""
         params = {**self._filter(dataset, year), "delimiter": ";", "with_bom": "true"}
         path = f"{API}/{dataset.source_id}/exports/csv"
-        stats.url = str(self.http.client.build_request("GET", self.http.url(path), params=params).url)
+        stats.url = str(
+            self.http.client.build_request("GET", self.http.url(path), params=params).url
+        )
         with self.http.stream(path, params) as response:
             body = _ResponseFile(response, stats)
             columns = body.header()
