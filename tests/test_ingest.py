@@ -100,3 +100,28 @@ def test_daily_partitions_follow_the_paris_calendar_year(emulator, settings):
     local = stored["date_heure"].dt.tz_convert("Europe/Paris")
     assert (local.dt.year == 2023).all()
     assert len(stored) == len(emulator.table("nationale_quotidienne", 2023))
+
+
+def test_datafair_cursor_pages_are_followed_without_loss_or_overlap(emulator, settings):
+    settings.datafair_page_size = 997
+
+    ingest(["adresse"], [2023], settings=settings)
+
+    served = len(emulator.table("adresse", 2023))
+    pages = [r for r in emulator.requests if r["kind"] == "lines" and r["query"].get("size") != "0"]
+    assert len(pages) == -(-served // 997)
+    assert all("after" in r["query"] for r in pages[1:])
+    assert counts_by_year(lake_of(settings), "adresse") == {2023: served}
+    assert duplicate_keys(lake_of(settings), "adresse") == 0
+
+
+def test_opendatasoft_data_comes_from_exports_never_from_paged_records(emulator, settings):
+    ingest(["regionale_quotidienne", "nationale_annuelle"], settings=settings)
+
+    records = [r for r in emulator.requests if r["kind"] == "records"]
+    assert records, "count probes are expected"
+    assert all(
+        r["query"].get("limit") == "0" or "group_by" in r["query"] for r in records
+    ), records
+    assert all("offset" not in r["query"] for r in records)
+    assert any(r["kind"] == "export" for r in emulator.requests)
