@@ -120,8 +120,6 @@ def test_opendatasoft_data_comes_from_exports_never_from_paged_records(emulator,
 
     records = [r for r in emulator.requests if r["kind"] == "records"]
     assert records, "count probes are expected"
-    assert all(
-        r["query"].get("limit") == "0" or "group_by" in r["query"] for r in records
-    ), records
+    assert all(r["query"].get("limit") == "0" or "group_by" in r["query"] for r in records), records
     assert all("offset" not in r["query"] for r in records)
     assert any(r["kind"] == "export" for r in emulator.requests)
