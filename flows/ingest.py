@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -171,6 +172,8 @@ def _load(
             spool.add(result.good)
             if len(result.bad):
                 quarantine.append(result.bad)
+            del frame, result
+            gc.collect()  # pandas frames hold reference cycles: keep memory flat per chunk
         _check_complete(stats, expected)
         files, written, duplicates, written_bytes = _stage(
             lake, dataset, plan.year, load_id, spool, quarantine

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     partition_retries: int = 3
     datafair_page_size: int = 10_000
     validation_chunk_rows: int = 50_000
-    spool_bucket_rows: int = 250_000
+    spool_bucket_rows: int = 100_000
     user_agent: str = (
         "energy-pipeline/0.1 (+https://github.com/energy-pipeline/energy-pipeline; open data ETL)"
     )

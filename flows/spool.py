@@ -42,13 +42,24 @@ class Bucket:
     exact_duplicates: int
 
 
+KEY_HASH = "__key_hash"
+ROW_HASH = "__row_hash"
+
+
 class KeySpool:
-    """Spreads rows over buckets by key hash so each bucket fits in memory for exact dedup."""
+    """Spreads rows over buckets by key hash so each bucket fits in memory for exact dedup.
+
+    Each row carries a 64-bit hash of its natural key and one of the whole row, so a bucket
+    is resolved on two integer columns; key conflicts found by hash are confirmed on the
+    key values themselves.
+    """
 
     def __init__(
         self, schema: pa.Schema, key: tuple[str, ...], expected_rows: int, bucket_rows: int
     ) -> None:
-        self.schema = schema
+        self.schema = schema.append(pa.field(KEY_HASH, pa.uint64())).append(
+            pa.field(ROW_HASH, pa.uint64())
+        )
         self.key = list(key)
         self.buckets = max(1, math.ceil(expected_rows / bucket_rows))
         self._dir = tempfile.TemporaryDirectory(prefix="energy-pipeline-spool-")
@@ -59,12 +70,17 @@ class KeySpool:
 
     def add(self, frame: pd.DataFrame) -> None:
         """Route validated rows to their buckets."""
-        table = pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False)
+        key_hash = pd.util.hash_pandas_object(frame[self.key], index=False).to_numpy()
+        row_hash = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+        table = pa.Table.from_pandas(
+            frame.assign(**{KEY_HASH: key_hash, ROW_HASH: row_hash}),
+            schema=self.schema,
+            preserve_index=False,
+        )
         if self.buckets == 1:
             self._write(0, table)
             return
-        hashes = pd.util.hash_pandas_object(frame[self.key], index=False).to_numpy()
-        targets = hashes % np.uint64(self.buckets)
+        targets = key_hash % np.uint64(self.buckets)
         for bucket in np.unique(targets):
             self._write(int(bucket), table.filter(pa.array(targets == bucket)))
 
@@ -89,14 +105,22 @@ class KeySpool:
             yield self._resolve(table)
 
     def _resolve(self, table: pa.Table) -> Bucket:
-        frame = table.to_pandas()
-        exact = frame.duplicated(keep="first").to_numpy()
-        unique = frame.loc[~exact]
-        conflicting = unique.duplicated(subset=self.key, keep=False).to_numpy()
-        kept = np.flatnonzero(~exact)[~conflicting]
+        hashes = pd.DataFrame(
+            {
+                "key": table.column(KEY_HASH).to_numpy(),
+                "row": table.column(ROW_HASH).to_numpy(),
+            }
+        )
+        exact = hashes.duplicated(keep="first").to_numpy()
+        unique = np.flatnonzero(~exact)
+        shared = hashes.iloc[unique].duplicated(subset="key", keep=False).to_numpy()
+        rows = table.drop_columns([KEY_HASH, ROW_HASH])
+        suspects = rows.take(pa.array(unique[shared])).to_pandas()
+        conflicting = suspects.duplicated(subset=self.key, keep=False).to_numpy()
+        kept = unique[~np.isin(unique, unique[shared][conflicting])]
         return Bucket(
-            rows=table.take(pa.array(kept)),
-            conflicts=unique.loc[conflicting],
+            rows=rows.take(pa.array(kept)),
+            conflicts=suspects.loc[conflicting],
             exact_duplicates=int(exact.sum()),
         )
 
