@@ -9,6 +9,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
 
 from flows.catalog import DATASETS, get_dataset
 from flows.errors import PipelineError, is_transient
@@ -169,9 +170,8 @@ def run_ingest(
             )
     partition_task = ingest_partition_task.with_options(
         retries=settings.partition_retries,
-        retry_delay_seconds=[
-            settings.http_backoff_base * 2**i for i in range(settings.partition_retries)
-        ],
+        retry_delay_seconds=exponential_backoff(backoff_factor=settings.http_backoff_base),
+        retry_jitter_factor=0.5,
     )
     to_load = [p for p in plans if p.action == LOAD]
     report.results.extend(_skipped(p) for p in plans if p.action != LOAD)

@@ -202,5 +202,5 @@ def _decode_json(body: bytes, url: str) -> Any:
             f"invalid or incomplete JSON body ({len(body)} bytes)", url=url
         ) from exc
     if isinstance(doc, dict) and "error_code" in doc and "results" not in doc:
-        raise PermanentError(f"portal error in a 200 body: {doc.get('message')}", url=url)
+        raise TransientError(f"portal error in a 200 body: {doc.get('message')}", url=url)
     return doc

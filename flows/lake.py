@@ -7,6 +7,8 @@ import errno
 import json
 import logging
 import os
+import shutil
+import time
 from typing import Any
 
 import fsspec
@@ -16,6 +18,8 @@ log = logging.getLogger(__name__)
 
 POINTER = "_current.json"
 STAGING = "_staging"
+RETIRED = "_retired"
+RETIRED_GRACE_S = 600.0  # a reader that listed the old version has this long to read it
 
 
 def storage_options(uri: str, s3_endpoint: str | None) -> dict[str, Any]:
@@ -114,17 +118,30 @@ class Lake:
         self.remove(staged)
 
     def _swap_local(self, staged: str, final: str) -> None:
+        """Exchange the staged and current folders; the old version is retired, not deleted."""
         os.makedirs(os.path.dirname(final), exist_ok=True)
         if not os.path.exists(final):
             os.rename(staged, final)
             return
+        retired = os.path.join(
+            os.path.dirname(final), RETIRED, f"{time.time():.6f}-{os.path.basename(final)}"
+        )
+        os.makedirs(os.path.dirname(retired), exist_ok=True)
         if _exchange(staged, final):
-            self.fs.rm(staged, recursive=True)
-            return
-        retired = f"{staged}.old"
-        os.rename(final, retired)
-        os.rename(staged, final)
-        self.fs.rm(retired, recursive=True)
+            os.rename(staged, retired)
+        else:
+            os.rename(final, retired)
+            os.rename(staged, final)
+        self._purge_retired(os.path.dirname(retired))
+
+    @staticmethod
+    def _purge_retired(folder: str) -> None:
+        """Delete retired versions once no reader can still be listing them."""
+        horizon = time.time() - RETIRED_GRACE_S
+        for name in os.listdir(folder):
+            stamp = name.split("-", 1)[0]
+            if stamp.replace(".", "", 1).isdigit() and float(stamp) < horizon:
+                shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
 
 _RENAME_EXCHANGE = 2

@@ -31,9 +31,7 @@ class Settings(BaseSettings):
     datafair_page_size: int = 10_000
     validation_chunk_rows: int = 50_000
     spool_bucket_rows: int = 100_000
-    user_agent: str = (
-        "energy-pipeline/0.1 (+https://github.com/energy-pipeline/energy-pipeline; open data ETL)"
-    )
+    user_agent: str = "energy-pipeline/0.1 (open-data pipeline: French electricity and gas use)"
 
     def portal_url(self, portal: str) -> str:
         """Base URL of a portal by its short name (odre, ore, enedis)."""
