@@ -144,6 +144,30 @@ def _daily_measures(min_value: float | None) -> tuple[Column, ...]:
     )
 
 
+def _ore_dataset(name: str, source_id: str, geography: tuple[Column, ...]) -> Dataset:
+    """An Agence ORE annual dataset; its first geography column is the area code."""
+    return Dataset(
+        name=name,
+        portal="ore",
+        protocol="datafair",
+        source_id=source_id,
+        partition_field="annee",
+        partition_is_instant=False,
+        columns=(ANNEE, *geography, *_ORE_MEASURES, *_ORE_CONTEXT),
+        natural_key=(
+            "annee",
+            "filiere",
+            "operateur",
+            geography[0].name,
+            "code_categorie_consommation",
+            "code_grand_secteur",
+            "code_secteur_naf2",
+        ),
+        masked_measures=("conso_moyenne_mwh",),
+        fingerprint_field="conso_totale_mwh",
+    )
+
+
 _NATRAN = {
     "consommation_brute_gaz_natran": "consommation_brute_gaz_grtgaz",
     "statut_natran": "statut_grtgaz",
@@ -204,15 +228,10 @@ DATASETS: dict[str, Dataset] = {
             },
             fingerprint_field="consommation_annuelle_totale_de_l_adresse_mwh",
         ),
-        Dataset(
-            name="commune",
-            portal="ore",
-            protocol="datafair",
-            source_id="consommation-annuelle-d-electricite-et-gaz-par-commune",
-            partition_field="annee",
-            partition_is_instant=False,
-            columns=(
-                ANNEE,
+        _ore_dataset(
+            "commune",
+            "consommation-annuelle-d-electricite-et-gaz-par-commune",
+            geography=(
                 _req("code_commune", Kind.CODE, nullable=False, pattern=CODE_COMMUNE),
                 _req("nom_commune", Kind.TEXT),
                 _c("code_epci", Kind.CODE),
@@ -222,48 +241,17 @@ DATASETS: dict[str, Dataset] = {
                 _c("nom_departement", Kind.TEXT),
                 _req("code_region", Kind.CODE, pattern=CODE_REGION),
                 _c("nom_region", Kind.TEXT),
-                *_ORE_MEASURES,
-                *_ORE_CONTEXT,
             ),
-            natural_key=(
-                "annee",
-                "filiere",
-                "operateur",
-                "code_commune",
-                "code_categorie_consommation",
-                "code_grand_secteur",
-                "code_secteur_naf2",
-            ),
-            masked_measures=("conso_moyenne_mwh",),
-            fingerprint_field="conso_totale_mwh",
         ),
-        Dataset(
-            name="departement",
-            portal="ore",
-            protocol="datafair",
-            source_id="consommation-annuelle-d-electricite-et-gaz-par-departement",
-            partition_field="annee",
-            partition_is_instant=False,
-            columns=(
-                ANNEE,
+        _ore_dataset(
+            "departement",
+            "consommation-annuelle-d-electricite-et-gaz-par-departement",
+            geography=(
                 _req("code_departement", Kind.CODE, nullable=False, pattern=CODE_DEPARTEMENT),
                 _req("nom_departement", Kind.TEXT),
                 _req("code_region", Kind.CODE, pattern=CODE_REGION),
                 _req("nom_region", Kind.TEXT),
-                *_ORE_MEASURES,
-                *_ORE_CONTEXT,
             ),
-            natural_key=(
-                "annee",
-                "filiere",
-                "operateur",
-                "code_departement",
-                "code_categorie_consommation",
-                "code_grand_secteur",
-                "code_secteur_naf2",
-            ),
-            masked_measures=("conso_moyenne_mwh",),
-            fingerprint_field="conso_totale_mwh",
         ),
         Dataset(
             name="nationale_annuelle",
