@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
+from flows.aggregate import AggregateReport, run_aggregate
 from flows.catalog import DATASETS, get_dataset
 from flows.errors import PipelineError, is_transient
 from flows.ingest import (
@@ -197,6 +198,33 @@ def run_ingest(
     return report
 
 
+def _spark_line(logger: Any) -> Any:
+    """Stream the Spark driver's log: its INFO chatter at debug level, the rest at info."""
+
+    def emit(line: str) -> None:
+        if " INFO " in line:
+            logger.debug(line)
+        else:
+            logger.info(line)
+
+    return emit
+
+
+@task(name="aggregate", task_run_name="aggregate gold tables", cache_policy=NO_CACHE)
+def aggregate_task(settings: Settings, years: list[int] | None) -> AggregateReport:
+    """spark-submit the gold-table job, then publish its tables atomically."""
+    logger = get_run_logger()
+    report = run_aggregate(settings, years, on_line=_spark_line(logger))
+    for table, figures in report.manifest["tables"].items():
+        logger.info("published gold/%s: %d rows", table, figures["rows"])
+    for check in report.warnings:
+        logger.warning(
+            "consistency check %s: %d finding(s), e.g. %s",
+            check["name"], check["problems"], check["examples"][:3],
+        )  # fmt: skip
+    return report
+
+
 @flow(name="ingest", log_prints=True)
 def ingest_flow(
     datasets: list[str] | None = None,
@@ -208,6 +236,31 @@ def ingest_flow(
     return run_ingest(datasets, years, force, settings or Settings())
 
 
+@flow(name="aggregate", log_prints=True)
+def aggregate_flow(
+    years: list[int] | None = None, settings: Settings | None = None
+) -> AggregateReport:
+    """Build and publish the gold tables from the raw zone."""
+    return aggregate_task(settings or Settings(), years)
+
+
+@flow(name="energy-pipeline", log_prints=True)
+def pipeline_flow(
+    datasets: list[str] | None = None,
+    years: list[int] | None = None,
+    force: bool = False,
+    settings: Settings | None = None,
+) -> AggregateReport:
+    """Ingest, then aggregate and publish; a failed ingest publishes nothing."""
+    settings = settings or Settings()
+    run_ingest(datasets, years, force, settings)
+    return aggregate_task(settings, years)
+
+
+def _runner(settings: Settings) -> Any:
+    return ThreadPoolTaskRunner(max_workers=settings.partition_concurrency)
+
+
 def ingest(
     datasets: list[str] | None = None,
     years: list[int] | None = None,
@@ -216,5 +269,21 @@ def ingest(
 ) -> IngestReport:
     """Run the ingest flow with the partition concurrency the settings ask for."""
     settings = settings or Settings()
-    runner: Any = ThreadPoolTaskRunner(max_workers=settings.partition_concurrency)
-    return ingest_flow.with_options(task_runner=runner)(datasets, years, force, settings)
+    return ingest_flow.with_options(task_runner=_runner(settings))(datasets, years, force, settings)
+
+
+def aggregate(years: list[int] | None = None, settings: Settings | None = None) -> AggregateReport:
+    """Run the aggregate flow."""
+    return aggregate_flow(years, settings or Settings())
+
+
+def pipeline(
+    datasets: list[str] | None = None,
+    years: list[int] | None = None,
+    force: bool = False,
+    settings: Settings | None = None,
+) -> AggregateReport:
+    """Run the whole pipeline flow."""
+    settings = settings or Settings()
+    flow_ = pipeline_flow.with_options(task_runner=_runner(settings))
+    return flow_(datasets, years, force, settings)

@@ -101,9 +101,17 @@ class Lake:
     def commit_partition(
         self, dataset: str, year: int, load_id: str, pointer: dict[str, Any]
     ) -> None:
-        """Make a staged partition the current one, whole, in one step readers cannot split."""
-        staged = self.staging(dataset, year, load_id)
-        final = self.partition(dataset, year)
+        """Make a staged raw partition the current one."""
+        self.commit_folder(
+            self.staging(dataset, year, load_id), self.partition(dataset, year), pointer
+        )
+
+    def commit_folder(self, staged: str, final: str, pointer: dict[str, Any]) -> None:
+        """Make a staged folder the current one, whole, in one step readers cannot split.
+
+        `pointer["files"]` lists the staged files (paths relative to the folder); the
+        pointer is written as `_current.json` inside the committed folder.
+        """
         if self.is_local:
             self.write_json(f"{staged}/{POINTER}", pointer)
             self._swap_local(self.path(staged), self.path(final))
@@ -111,11 +119,30 @@ class Lake:
         for name in pointer["files"]:
             self.fs.copy(self.path(f"{staged}/{name}"), self.path(f"{final}/{name}"))
         self.write_json(f"{final}/{POINTER}", pointer)
-        keep = {*pointer["files"], POINTER}
-        for entry in self.fs.ls(self.path(final), detail=False):
-            if entry.rsplit("/", 1)[-1] not in keep:
-                self.fs.rm(entry, recursive=True)
+        keep = {self.path(f"{final}/{name}") for name in [*pointer["files"], POINTER]}
+        for entry in self.fs.find(self.path(final)):
+            if entry not in keep:
+                self.fs.rm(entry)
         self.remove(staged)
+
+    def files_below(self, relative: str, suffix: str) -> list[str]:
+        """Files below a folder with a suffix, as paths relative to it (hidden ones left out)."""
+        base = self.path(relative)
+        found = []
+        for entry in self.fs.find(base):
+            name = entry[len(base) :].lstrip("/")
+            if name.endswith(suffix) and not any(p.startswith(("_", ".")) for p in name.split("/")):
+                found.append(name)
+        return sorted(found)
+
+    def replace_file(self, source: str, target: str) -> None:
+        """Replace one file by another as a single step (rename locally, one copy on S3)."""
+        if self.is_local:
+            os.makedirs(os.path.dirname(self.path(target)), exist_ok=True)
+            os.replace(self.path(source), self.path(target))
+            return
+        self.fs.copy(self.path(source), self.path(target))
+        self.fs.rm(self.path(source))
 
     def _swap_local(self, staged: str, final: str) -> None:
         """Exchange the staged and current folders; the old version is retired, not deleted."""

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     datafair_page_size: int = 10_000
     validation_chunk_rows: int = 50_000
     spool_bucket_rows: int = 100_000
+    spark_timeout_s: float = 3600.0
+    spark_driver_memory: str = "2g"
     user_agent: str = "energy-pipeline/0.1 (open-data pipeline: French electricity and gas use)"
 
     def portal_url(self, portal: str) -> str:

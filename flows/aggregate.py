@@ -1,0 +1,81 @@
+"""The aggregation step: spark-submit the gold-table job, then publish what it staged."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flows.ingest import new_load_id
+from flows.lake import Lake
+from flows.publish import publish_tables
+from flows.settings import Settings
+from flows.spark_submit import is_s3, run_spark_submit, s3a_jars, spark_conf, to_spark_uri
+
+log = logging.getLogger(__name__)
+
+APP = Path(__file__).resolve().parent.parent / "spark" / "aggregate.py"
+GOLD_TABLES = (
+    "conso_adresse",
+    "conso_commune",
+    "conso_departement",
+    "conso_region",
+    "conso_secteur",
+    "conso_nationale",
+    "conso_regionale_brute",
+    "conso_journaliere",
+)
+
+
+@dataclass
+class AggregateReport:
+    """What a publish did: tables and rows, skipped tables, consistency checks."""
+
+    run_id: str
+    manifest: dict[str, Any]
+
+    @property
+    def warnings(self) -> list[dict[str, Any]]:
+        """Consistency checks that found something."""
+        return [c for c in self.manifest["checks"] if c["status"] == "warning"]
+
+
+def run_aggregate(
+    settings: Settings,
+    years: Sequence[int] | None = None,
+    tables: Sequence[str] | None = None,
+    on_line: Callable[[str], None] = log.info,
+) -> AggregateReport:
+    """Build every gold table with Spark and publish them; gold is untouched on failure."""
+    lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
+    run_id = new_load_id()
+    staging = f"gold/_staging/{run_id}"
+    arguments = ["--lake", to_spark_uri(settings.lake), "--staging", staging,
+                 "--tables", ",".join(tables or GOLD_TABLES)]  # fmt: skip
+    if years:
+        arguments += ["--years", ",".join(str(y) for y in years)]
+    try:
+        run_spark_submit(
+            APP,
+            arguments,
+            master=settings.spark_master,
+            conf=spark_conf(
+                settings.lake,
+                settings.s3_endpoint,
+                settings.spark_master,
+                driver_memory=settings.spark_driver_memory,
+            ),
+            jars=s3a_jars() if is_s3(settings.lake) else [],
+            env={},
+            timeout_s=settings.spark_timeout_s,
+            on_line=on_line,
+        )
+        result = lake.read_json(f"{staging}/_result.json")
+        if result is None:
+            raise FileNotFoundError(f"the Spark job left no result in {lake.path(staging)}")
+        manifest = publish_tables(lake, run_id, staging, result)
+    finally:
+        lake.remove(staging)
+    return AggregateReport(run_id=run_id, manifest=manifest)

@@ -1,0 +1,548 @@
+"""Gold tables from the raw lake: the standalone PySpark program that spark-submit runs.
+
+Reads each raw partition through its `_current.json` pointer, computes the eight tables
+of CONTRACT.md section 3, writes each one (Parquet partitioned by `annee`, and one CSV)
+under a staging folder of the lake, with the consistency checks as JSON. Publishing the
+staged tables is the caller's job, once this program has exited 0. No Prefect import.
+
+    spark-submit spark/aggregate.py --lake s3a://bucket/lake --staging gold/_staging/RUN
+        [--years 2022,2023] [--tables conso_commune,conso_journaliere]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+PARIS = "Europe/Paris"
+GWH_TO_MWH = 1000.0
+ELECTRICITY_STEP_H = 0.5
+GAS_STEP_H = 1.0
+ADDRESS_PARTS = ("numero_de_voie", "indice_de_repetition", "type_de_voie", "libelle_de_voie")
+ORE_MEASURES = ("nb_sites", "conso_totale_mwh", "conso_moyenne_mwh", "nb_lignes_masquees")
+
+
+class Raw:
+    """The committed raw partitions of the lake, read through their pointers."""
+
+    def __init__(self, spark: SparkSession, lake: str, years: Sequence[int] | None) -> None:
+        self.spark = spark
+        self.lake = lake.rstrip("/")
+        self.years = set(years) if years else None
+        self._jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
+
+    def _fs(self, uri: str) -> Any:
+        path = self._jvm.org.apache.hadoop.fs.Path(uri)
+        return path.getFileSystem(self._conf), path
+
+    def read_text(self, uri: str) -> str:
+        """A small text file of the lake."""
+        fs, path = self._fs(uri)
+        stream = fs.open(path)
+        try:
+            reader = self._jvm.java.io.BufferedReader(
+                self._jvm.java.io.InputStreamReader(stream, "UTF-8")
+            )
+            lines = []
+            line = reader.readLine()
+            while line is not None:
+                lines.append(line)
+                line = reader.readLine()
+            return "\n".join(lines)
+        finally:
+            stream.close()
+
+    def write_text(self, uri: str, text: str) -> None:
+        """Write a small text file (overwriting)."""
+        fs, path = self._fs(uri)
+        stream = fs.create(path, True)
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+
+    def files(self, dataset: str) -> list[str]:
+        """The Parquet files of every committed partition of a dataset, for the chosen years."""
+        fs, pattern = self._fs(f"{self.lake}/raw/{dataset}/annee=*/_current.json")
+        statuses = fs.globStatus(pattern) or []
+        found: list[str] = []
+        for status in statuses:
+            folder = status.getPath().getParent()
+            year = int(folder.getName().split("=", 1)[1])
+            if self.years is not None and year not in self.years:
+                continue
+            pointer = json.loads(self.read_text(status.getPath().toString()))
+            found.extend(f"{folder.toString()}/{name}" for name in pointer["files"])
+        return found
+
+    def table(self, dataset: str) -> DataFrame | None:
+        """A raw dataset with `annee` from the folder names, or None when nothing is loaded."""
+        files = self.files(dataset)
+        if not files:
+            return None
+        return (
+            self.spark.read.option("basePath", f"{self.lake}/raw/{dataset}")
+            .parquet(*files)
+            .withColumn("annee", F.col("annee").cast(T.IntegerType()))
+        )
+
+
+def _sum_unmasked(total: str = "conso_totale_mwh", sites: str = "nb_sites") -> list[Column]:
+    """ORE aggregates: sums over unmasked rows, masked rows counted."""
+    masked = F.col(total).isNull()
+    return [
+        F.sum(F.when(~masked, F.col(sites))).cast(T.LongType()).alias("nb_sites"),
+        F.sum(F.when(~masked, F.col(total))).alias("conso_totale_mwh"),
+        F.sum(F.when(masked, 1).otherwise(0)).cast(T.LongType()).alias("nb_lignes_masquees"),
+    ]
+
+
+def _mean(total: str, count: str) -> Column:
+    """Σ energy / Σ sites, null when there are no sites."""
+    return F.when(F.col(count) > 0, F.col(total) / F.col(count))
+
+
+def _with_mean(frame: DataFrame) -> DataFrame:
+    return frame.withColumn("conso_moyenne_mwh", _mean("conso_totale_mwh", "nb_sites"))
+
+
+def _code(name: str) -> Column:
+    return F.col(name).cast(T.StringType()).alias(name)
+
+
+def conso_adresse(raw: Raw) -> DataFrame | None:
+    """Year x address (Enedis residential)."""
+    source = raw.table("adresse")
+    if source is None:
+        return None
+    parts = [
+        F.when(F.trim(F.col(p)) != "", F.regexp_replace(F.trim(F.col(p)), r"\s+", " "))
+        for p in ADDRESS_PARTS
+    ]
+    rows = source.select(
+        F.col("annee"),
+        F.concat_ws(" ", *parts).alias("adresse"),
+        _code("code_iris"),
+        _code("code_commune"),
+        F.col("nom_commune"),
+        _code("code_departement"),
+        _code("code_region"),
+        F.col("nombre_de_logements").cast(T.LongType()).alias("nombre_de_logements"),
+        F.col("consommation_annuelle_totale_de_l_adresse_mwh").alias("conso_totale_mwh"),
+    )
+    grouped = rows.groupBy("annee", "code_commune", "code_iris", "adresse").agg(
+        F.max("nom_commune").alias("nom_commune"),
+        F.max("code_departement").alias("code_departement"),
+        F.max("code_region").alias("code_region"),
+        F.sum("nombre_de_logements").alias("nombre_de_logements"),
+        F.sum("conso_totale_mwh").alias("conso_totale_mwh"),
+    )
+    return grouped.select(
+        "annee",
+        "adresse",
+        "code_iris",
+        "code_commune",
+        "nom_commune",
+        "code_departement",
+        "code_region",
+        "nombre_de_logements",
+        "conso_totale_mwh",
+        _mean("conso_totale_mwh", "nombre_de_logements").alias("conso_moyenne_mwh"),
+    )
+
+
+def conso_commune(raw: Raw) -> DataFrame | None:
+    """Year x commune x filière x grand secteur (ORE commune, over operators and NAF codes)."""
+    source = raw.table("commune")
+    if source is None:
+        return None
+    grouped = source.groupBy(
+        "annee", _code("code_commune"), "filiere", "code_grand_secteur"
+    ).agg(
+        F.max("nom_commune").alias("nom_commune"),
+        F.max(_code("code_departement")).alias("code_departement"),
+        F.max(_code("code_region")).alias("code_region"),
+        *_sum_unmasked(),
+    )
+    return _with_mean(grouped).select(
+        "annee",
+        "code_commune",
+        "nom_commune",
+        "code_departement",
+        "code_region",
+        "filiere",
+        "code_grand_secteur",
+        *ORE_MEASURES,
+    )
+
+
+def conso_departement(raw: Raw) -> DataFrame | None:
+    """Year x département x filière x grand secteur (ORE département)."""
+    source = raw.table("departement")
+    if source is None:
+        return None
+    grouped = source.groupBy(
+        "annee", _code("code_departement"), "filiere", "code_grand_secteur"
+    ).agg(
+        F.max("nom_departement").alias("nom_departement"),
+        F.max(_code("code_region")).alias("code_region"),
+        *_sum_unmasked(),
+    )
+    return _with_mean(grouped).select(
+        "annee",
+        "code_departement",
+        "nom_departement",
+        "code_region",
+        "filiere",
+        "code_grand_secteur",
+        *ORE_MEASURES,
+    )
+
+
+def conso_region(raw: Raw) -> DataFrame | None:
+    """Year x region x filière x grand secteur (ORE département rolled up)."""
+    source = raw.table("departement")
+    if source is None:
+        return None
+    grouped = source.groupBy("annee", _code("code_region"), "filiere", "code_grand_secteur").agg(
+        F.max("nom_region").alias("nom_region"),
+        *_sum_unmasked(),
+    )
+    return _with_mean(grouped).select(
+        "annee", "code_region", "nom_region", "filiere", "code_grand_secteur", *ORE_MEASURES
+    )
+
+
+def conso_secteur(raw: Raw) -> DataFrame | None:
+    """Year x filière x grand secteur x NAF code, national (ORE département)."""
+    source = raw.table("departement")
+    if source is None:
+        return None
+    grouped = source.groupBy(
+        "annee", "filiere", "code_grand_secteur", _code("code_secteur_naf2")
+    ).agg(*_sum_unmasked())
+    return _with_mean(grouped).select(
+        "annee", "filiere", "code_grand_secteur", "code_secteur_naf2", *ORE_MEASURES
+    )
+
+
+def _odre_energy() -> list[Column]:
+    return [
+        (F.col("consommation_brute_gaz_totale") * GWH_TO_MWH).alias("gaz_mwh"),
+        (F.col("consommation_brute_electricite_rte") * GWH_TO_MWH).alias("electricite_mwh"),
+        (F.col("consommation_brute_totale") * GWH_TO_MWH).alias("total_mwh"),
+    ]
+
+
+def conso_nationale(raw: Raw) -> DataFrame | None:
+    """Year (ODRE national annual, GWh to MWh)."""
+    source = raw.table("nationale_annuelle")
+    if source is None:
+        return None
+    return source.select("annee", *_odre_energy())
+
+
+def conso_regionale_brute(raw: Raw) -> DataFrame | None:
+    """Year x region (ODRE regional annual, GWh to MWh)."""
+    source = raw.table("regionale_annuelle")
+    if source is None:
+        return None
+    return source.select(
+        "annee",
+        F.col("code_insee_region").cast(T.StringType()).alias("code_region"),
+        F.col("region").alias("nom_region"),
+        *_odre_energy(),
+    )
+
+
+def _daily(source: DataFrame, region: Column) -> DataFrame:
+    """Local-day energy from MW steps: electricity x 0.5 h, gas x 1 h, flagged rows left out."""
+    kept = source.where(F.coalesce(F.col("flag_ignore"), F.lit("non")) != "oui")
+    steps = kept.select(
+        F.to_date(F.from_utc_timestamp(F.col("date_heure"), PARIS)).alias("date"),
+        region.alias("code_region"),
+        F.col("consommation_brute_electricite_rte").alias("electricite_mw"),
+        F.col("consommation_brute_gaz_totale").alias("gaz_mw"),
+    )
+    daily = steps.groupBy("date", "code_region").agg(
+        (F.sum("electricite_mw") * ELECTRICITY_STEP_H).alias("electricite_mwh"),
+        (F.sum("gaz_mw") * GAS_STEP_H).alias("gaz_mwh"),
+        F.count("electricite_mw").cast(T.LongType()).alias("nb_pas_electricite"),
+        F.count("gaz_mw").cast(T.LongType()).alias("nb_pas_gaz"),
+    )
+    return daily.select(
+        "date",
+        F.year("date").cast(T.IntegerType()).alias("annee"),
+        "code_region",
+        "electricite_mwh",
+        "gaz_mwh",
+        "nb_pas_electricite",
+        "nb_pas_gaz",
+    )
+
+
+def conso_journaliere(raw: Raw) -> DataFrame | None:
+    """Local day x region, 'FR' for the national series (ODRE quotidienne)."""
+    parts = []
+    national = raw.table("nationale_quotidienne")
+    if national is not None:
+        parts.append(_daily(national, F.lit("FR")))
+    regional = raw.table("regionale_quotidienne")
+    if regional is not None:
+        parts.append(_daily(regional, F.col("code_insee_region").cast(T.StringType())))
+    if not parts:
+        return None
+    result = parts[0]
+    for part in parts[1:]:
+        result = result.unionByName(part)
+    return result
+
+
+BUILDERS: dict[str, Callable[[Raw], DataFrame | None]] = {
+    "conso_adresse": conso_adresse,
+    "conso_commune": conso_commune,
+    "conso_departement": conso_departement,
+    "conso_region": conso_region,
+    "conso_secteur": conso_secteur,
+    "conso_nationale": conso_nationale,
+    "conso_regionale_brute": conso_regionale_brute,
+    "conso_journaliere": conso_journaliere,
+}
+SORT_KEYS: dict[str, tuple[str, ...]] = {
+    "conso_adresse": ("annee", "code_commune", "adresse", "code_iris"),
+    "conso_commune": ("annee", "code_commune", "filiere", "code_grand_secteur"),
+    "conso_departement": ("annee", "code_departement", "filiere", "code_grand_secteur"),
+    "conso_region": ("annee", "code_region", "filiere", "code_grand_secteur"),
+    "conso_secteur": ("annee", "filiere", "code_grand_secteur", "code_secteur_naf2"),
+    "conso_nationale": ("annee",),
+    "conso_regionale_brute": ("annee", "code_region"),
+    "conso_journaliere": ("date", "code_region"),
+}
+
+
+def carry_over(spark: SparkSession, raw: Raw, table: str, fresh: DataFrame) -> DataFrame:
+    """With --years, the other years of the published table are kept as they are."""
+    if raw.years is None:
+        return fresh
+    base = f"{raw.lake}/gold/{table}"
+    try:
+        pointer = json.loads(raw.read_text(f"{base}/_current.json"))
+    except Exception:  # noqa: BLE001 - no published version yet (any FS error means none)
+        return fresh
+    if not pointer.get("files"):
+        return fresh
+    published = spark.read.option("basePath", base).parquet(
+        *[f"{base}/{name}" for name in pointer["files"]]
+    )
+    kept = published.where(~F.col("annee").isin(sorted(raw.years)))
+    return fresh.unionByName(kept.select(*fresh.columns))
+
+
+def write_table(frame: DataFrame, target: str, sort_keys: Sequence[str]) -> None:
+    """Parquet partitioned by year, and one sorted CSV (UTF-8, comma, header)."""
+    frame = frame.withColumn("annee", F.col("annee").cast(T.IntegerType()))
+    frame.repartition("annee").write.mode("overwrite").partitionBy("annee").parquet(target)
+    plain = [
+        F.col(f.name).cast(T.DecimalType(38, 6)).alias(f.name)
+        if isinstance(f.dataType, T.DoubleType)
+        else F.col(f.name)
+        for f in frame.schema.fields
+    ]
+    (
+        frame.select(*plain)
+        .orderBy(*sort_keys)
+        .coalesce(1)
+        .write.mode("overwrite")
+        .option("header", True)
+        .option("encoding", "UTF-8")
+        .option("emptyValue", "")
+        .csv(f"{target}.csv.d")
+    )
+
+
+def _rows(frame: DataFrame, limit: int = 20) -> list[dict[str, Any]]:
+    return [
+        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.asDict().items()}
+        for row in frame.limit(limit).collect()
+    ]
+
+
+def _check(name: str, problems: DataFrame | None, summary: str, **figures: Any) -> dict[str, Any]:
+    if problems is None:
+        return {"name": name, "status": "skipped", "summary": summary}
+    count = problems.count()
+    return {
+        "name": name,
+        "status": "ok" if count == 0 else "warning",
+        "summary": summary,
+        "problems": count,
+        "examples": _rows(problems),
+        **figures,
+    }
+
+
+def consistency_checks(tables: dict[str, DataFrame]) -> list[dict[str, Any]]:
+    """Cross-table checks that warn with figures; they never fail the job."""
+    commune = tables.get("conso_commune")
+    departement = tables.get("conso_departement")
+    region = tables.get("conso_region")
+    nationale = tables.get("conso_nationale")
+    journaliere = tables.get("conso_journaliere")
+    checks = []
+
+    communes_over = None
+    if commune is not None and departement is not None:
+        keys = ["annee", "code_departement", "filiere"]
+        c = commune.groupBy(*keys).agg(F.sum("conso_totale_mwh").alias("communes_mwh"))
+        d = departement.groupBy(*keys).agg(F.sum("conso_totale_mwh").alias("departement_mwh"))
+        communes_over = c.join(d, on=keys, how="inner").where(
+            F.col("communes_mwh") > F.col("departement_mwh") * 1.000001
+        )
+    checks.append(
+        _check(
+            "communes_vs_departements",
+            communes_over,
+            "Σ communes <= département total (secrecy only lowers commune sums)",
+        )
+    )
+
+    regions_off = None
+    if departement is not None and region is not None:
+        keys = ["annee", "code_region", "filiere", "code_grand_secteur"]
+        d = departement.groupBy(*keys).agg(F.sum("conso_totale_mwh").alias("departements_mwh"))
+        r = region.select(*keys, F.col("conso_totale_mwh").alias("region_mwh"))
+        regions_off = d.join(r, on=keys, how="full_outer").where(
+            F.abs(F.coalesce(F.col("departements_mwh"), F.lit(0.0))
+                  - F.coalesce(F.col("region_mwh"), F.lit(0.0))) > 1e-6
+        )  # fmt: skip
+    checks.append(_check("departements_vs_regions", regions_off, "Σ départements = region"))
+
+    ore_vs_odre = None
+    if departement is not None and nationale is not None:
+        ore = departement.groupBy("annee").pivot("filiere", ["Electricité", "Gaz"]).agg(
+            F.sum("conso_totale_mwh")
+        )
+        ore_vs_odre = (
+            ore.join(nationale, on="annee", how="inner")
+            .select(
+                "annee",
+                F.col("Electricité").alias("ore_electricite_mwh"),
+                "electricite_mwh",
+                (F.col("Electricité") / F.col("electricite_mwh")).alias("ratio_electricite"),
+                F.col("Gaz").alias("ore_gaz_mwh"),
+                "gaz_mwh",
+                (F.col("Gaz") / F.col("gaz_mwh")).alias("ratio_gaz"),
+            )
+            .where(
+                (F.abs(F.col("ratio_electricite") - 1) > 0.15) | (F.abs(F.col("ratio_gaz") - 1) > 0.15)
+            )
+        )
+    checks.append(
+        _check("ore_vs_odre_national", ore_vs_odre, "ORE national within 15 % of ODRE national")
+    )
+
+    daily_vs_annual = None
+    if journaliere is not None and nationale is not None:
+        daily = (
+            journaliere.where(F.col("code_region") == "FR")
+            .groupBy("annee")
+            .agg(
+                F.sum("electricite_mwh").alias("daily_electricite_mwh"),
+                F.sum("gaz_mwh").alias("daily_gaz_mwh"),
+                F.count("*").alias("days"),
+            )
+        )
+        daily_vs_annual = (
+            daily.join(nationale, on="annee", how="inner")
+            .withColumn("ratio_electricite", F.col("daily_electricite_mwh") / F.col("electricite_mwh"))
+            .withColumn("ratio_gaz", F.col("daily_gaz_mwh") / F.col("gaz_mwh"))
+            .where((F.abs(F.col("ratio_electricite") - 1) > 0.02) | (F.abs(F.col("ratio_gaz") - 1) > 0.02))
+        )  # fmt: skip
+    checks.append(
+        _check("daily_vs_annual", daily_vs_annual, "Σ daily national within 2 % of annual")
+    )
+
+    incomplete = None
+    if journaliere is not None:
+        start = F.to_utc_timestamp(F.col("date").cast(T.TimestampType()), PARIS)
+        end = F.to_utc_timestamp(F.date_add("date", 1).cast(T.TimestampType()), PARIS)
+        expected = ((F.unix_timestamp(end) - F.unix_timestamp(start)) / 1800).cast(T.LongType())
+        incomplete = (
+            journaliere.withColumn("pas_attendus", expected)
+            .where(F.col("nb_pas_electricite") != F.col("pas_attendus"))
+            .select("date", "code_region", "nb_pas_electricite", "pas_attendus")
+            .orderBy("date", "code_region")
+        )
+    checks.append(
+        _check(
+            "half_hour_completeness",
+            incomplete,
+            "each local day has 46, 48 or 50 electricity half-hours (DST days 46 and 50)",
+        )
+    )
+    return checks
+
+
+def run(spark: SparkSession, lake: str, staging: str, years: Sequence[int] | None,
+        tables: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+    """Build, stage and check the chosen tables; returns the result document."""
+    raw = Raw(spark, lake, years)
+    staged: dict[str, DataFrame] = {}
+    counts: dict[str, int] = {}
+    skipped: list[str] = []
+    for name in tables:
+        frame = BUILDERS[name](raw)
+        if frame is None:
+            skipped.append(name)
+            continue
+        target = f"{raw.lake}/{staging}/{name}"
+        write_table(carry_over(spark, raw, name, frame), target, SORT_KEYS[name])
+        staged[name] = spark.read.parquet(target)
+        counts[name] = staged[name].count()
+        print(f"energy-pipeline: staged {name}: {counts[name]} rows", flush=True)
+    result = {
+        "tables": counts,
+        "skipped": skipped,
+        "years": sorted(years) if years else None,
+        "checks": consistency_checks(staged),
+    }
+    raw.write_text(f"{raw.lake}/{staging}/_result.json", json.dumps(result, default=str))
+    return result
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Build the gold tables from the raw lake.")
+    parser.add_argument("--lake", required=True, help="lake URI as Spark sees it (file://, s3a://)")
+    parser.add_argument("--staging", required=True, help="lake-relative staging folder")
+    parser.add_argument("--years", default="", help="comma list; default: every loaded year")
+    parser.add_argument("--tables", default=",".join(BUILDERS), help="comma list of gold tables")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """spark-submit entry point."""
+    args = _parse(argv)
+    years = [int(y) for y in args.years.split(",") if y.strip()] or None
+    tables = [t for t in args.tables.split(",") if t.strip()]
+    unknown = [t for t in tables if t not in BUILDERS]
+    if unknown:
+        print(f"unknown gold table(s): {unknown}", file=sys.stderr)
+        return 2
+    spark = SparkSession.builder.appName("energy-pipeline-aggregate").getOrCreate()
+    try:
+        run(spark, args.lake, args.staging, years, tables)
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
