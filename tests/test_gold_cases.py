@@ -55,9 +55,13 @@ def half_hours(day: str, minutes: int = 30) -> pd.DatetimeIndex:
 def daily_rows(day: str, electricity: float, gas: float, region: str | None = None) -> list[dict]:
     rows = []
     for instant in half_hours(day):
-        row = {"date_heure": instant.to_pydatetime(), "consommation_brute_electricite_rte": electricity,
-               "consommation_brute_gaz_totale": gas if instant.minute == 0 else None,
-               "consommation_brute_totale": None, "flag_ignore": "non"}  # fmt: skip
+        row = {
+            "date_heure": instant.to_pydatetime(),
+            "consommation_brute_electricite_rte": electricity,
+            "consommation_brute_gaz_totale": gas if instant.minute == 0 else None,
+            "consommation_brute_totale": None,
+            "flag_ignore": "non",
+        }
         if region:
             row |= {"code_insee_region": region, "region": f"Région {region}"}
         rows.append(row)
