@@ -2,12 +2,17 @@
 UV_VERSION := 0.13.8
 export PATH := $(HOME)/.local/bin:$(PATH)
 
-.PHONY: setup run demo ingest test lint bench
+.PHONY: setup jars run demo ingest test lint bench
 
 setup:
 	@command -v uv >/dev/null 2>&1 && uv --version | grep -q "$(UV_VERSION)" \
 		|| python3 -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	uv sync --frozen
+	@$(MAKE) --no-print-directory jars
+
+# S3A jars for spark-submit (hadoop-aws + AWS SDK v2 modules), cached outside git; needs Maven.
+jars:
+	@bash scripts/fetch-spark-jars.sh
 
 run: setup
 	uv run energy-pipeline run

@@ -86,6 +86,6 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture
 def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
     """A fresh bucket on the moto server."""
-    name = "lake-" + request.node.name.lower().replace("_", "-")[:40]
+    name = ("lake-" + request.node.name.lower().replace("_", "-"))[:40].rstrip("-")
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return name

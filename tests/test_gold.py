@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,10 +10,13 @@ import pandas as pd
 import pytest
 
 from flows.aggregate import GOLD_TABLES, run_aggregate
-from flows.flow import ingest
+from flows.flow import aggregate, ingest
+from flows.settings import Settings
+from flows.spark_submit import SparkJobFailed
 from tests.conftest import fast_settings
 from tests.gold_reference import reference
 from tests.goldview import assert_same_table, read_gold, required
+from tests.lakeview import download_bucket
 
 
 def quiet(line: str) -> None:
@@ -67,4 +71,70 @@ def test_publish_manifest_records_tables_and_checks(emulator_lake):
     assert regions["status"] == "ok"
     assert not (emulator_lake / "gold" / "_staging").exists() or not any(
         (emulator_lake / "gold" / "_staging").iterdir()
+    )
+
+
+def copy_raw(source: Path, target: Path) -> Path:
+    """A new lake holding only the raw zone of another."""
+    shutil.copytree(source / "raw", target / "raw")
+    return target
+
+
+@pytest.mark.spark
+def test_standalone_cluster_gives_identical_tables(emulator_lake, tmp_path):
+    from tests.spark_cluster import standalone_cluster
+
+    lake = copy_raw(emulator_lake, tmp_path / "lake")
+    with standalone_cluster() as master:
+        run_aggregate(Settings(lake=str(lake), spark_master=master), on_line=quiet)
+
+    for table in GOLD_TABLES:
+        assert_same_table(read_gold(lake, table), read_gold(emulator_lake, table), table)
+
+
+@pytest.mark.spark
+@pytest.mark.s3
+def test_s3_lake_ingest_then_aggregate_through_s3a(
+    emulator, emulator_lake, s3_endpoint, s3_bucket, tmp_path
+):
+    settings = fast_settings(
+        emulator, f"s3://{s3_bucket}/lake", s3_endpoint=s3_endpoint, spark_master="local[2]"
+    )
+
+    ingest(settings=settings)
+    run_aggregate(settings, on_line=quiet)
+
+    local = download_bucket(s3_endpoint, s3_bucket, tmp_path / "copy") / "lake"
+    for table in GOLD_TABLES:
+        assert_same_table(read_gold(local, table), read_gold(emulator_lake, table), table)
+        assert (local / "gold" / f"{table}.csv").read_bytes() == (
+            emulator_lake / "gold" / f"{table}.csv"
+        ).read_bytes()
+    assert not [p for p in (local / "gold").rglob("*") if "_staging" in p.parts and p.is_file()]
+
+
+def snapshot(lake: Path) -> dict[str, bytes]:
+    """Every file of the gold zone, by path."""
+    return {
+        str(p.relative_to(lake)): p.read_bytes() for p in (lake / "gold").rglob("*") if p.is_file()
+    }
+
+
+def test_failed_job_exits_non_zero_with_log_tail_and_leaves_gold_unchanged(emulator_lake, tmp_path):
+    lake = tmp_path / "lake"
+    shutil.copytree(emulator_lake, lake)
+    before = snapshot(lake)
+    victim = next((lake / "raw" / "departement" / "annee=2022").glob("*.parquet"))
+    victim.write_bytes(b"this is not a parquet file" * 100)
+
+    with pytest.raises(SparkJobFailed) as failure:
+        aggregate(settings=Settings(lake=str(lake), spark_master="local[2]"))
+
+    message = str(failure.value)
+    assert failure.value.exit_code not in (None, 0)
+    assert "Traceback" in message or "Exception" in message
+    assert len(failure.value.log_tail) > 5
+    assert snapshot(lake) == before
+    assert not (lake / "gold" / "_staging").exists() or not any(
+        (lake / "gold" / "_staging").iterdir()
     )

@@ -1,0 +1,330 @@
+"""Run a PySpark application as a separate program: spark-submit, streamed log, timeout."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+from flows.errors import PipelineError
+
+JARS_DIR_ENV = "ENERGY_PIPELINE_JARS_DIR"
+DEFAULT_JARS_DIR = Path.home() / ".cache" / "energy-pipeline" / "jars"
+LOG_TAIL_LINES = 40
+KILL_GRACE_S = 5.0
+
+# S3A looks credentials up through the AWS SDK's default chain: the AWS_ACCESS_KEY_ID /
+# AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN variables, then ~/.aws profiles (AWS_PROFILE),
+# web identity, container and instance roles. Keys never appear in the Spark configuration.
+CREDENTIALS_PROVIDER = "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
+
+# Settings that would carry a secret: they must travel in the environment instead.
+_SECRET_KEYS = re.compile(r"secret|password|token|access\.key|passphrase", re.IGNORECASE)
+
+
+class SparkJobFailed(PipelineError):
+    """spark-submit exited non-zero or ran past its timeout; the message ends with the log tail."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exit_code: int | None = None,
+        timed_out: bool = False,
+        log_tail: Sequence[str] = (),
+        errors: Sequence[str] = (),
+    ) -> None:
+        self.exit_code = exit_code
+        self.timed_out = timed_out
+        self.log_tail = list(log_tail)
+        self.errors = list(errors)
+        parts = [message]
+        missing = [line for line in self.errors if line not in self.log_tail]
+        if missing:  # the first error lines, when a long stack trace pushed them out of the tail
+            parts += ["--- first error lines ---", *missing]
+        parts += [f"--- last {len(self.log_tail)} log lines ---", *self.log_tail]
+        super().__init__("\n".join(_clip(part) for part in parts))
+
+
+# Lines that name an error: a Python traceback start or a (Java or Python) exception headline.
+_ERROR_LINE = re.compile(
+    r"^(Traceback \(most recent call last\)|(: )?[\w.$]*(Error|Exception)\b(: .*)?$"
+    r"|Caused by: |\S.*\bERROR\b)"
+)
+MAX_ERROR_LINES = 10
+MAX_LINE_CHARS = 2_000
+
+
+def _clip(line: str) -> str:
+    """A log line cut to a readable length (AWS SDK errors run to several kilobytes)."""
+    return line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + " [...]"
+
+
+def jars_dir() -> Path:
+    """The folder scripts/fetch-spark-jars.sh fills: $ENERGY_PIPELINE_JARS_DIR or ~/.cache."""
+    configured = os.environ.get(JARS_DIR_ENV)
+    return Path(configured).expanduser() if configured else DEFAULT_JARS_DIR
+
+
+def spark_home() -> Path:
+    """The Spark installation of the pyspark package in this environment."""
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent
+
+
+def bundled_hadoop_version() -> str | None:
+    """The Hadoop client version pyspark ships (hadoop-client-api-X.jar), if found."""
+    for jar in (spark_home() / "jars").glob("hadoop-client-api-*.jar"):
+        return jar.name.removeprefix("hadoop-client-api-").removesuffix(".jar")
+    return None
+
+
+def s3a_jars(directory: Path | None = None) -> list[Path]:
+    """The S3A jars (hadoop-aws, AWS SDK v2 modules) from the cache folder, sorted by name."""
+    folder = directory or jars_dir()
+    jars = sorted(folder.glob("*.jar")) if folder.is_dir() else []
+    hint = "run `make jars` (or `bash scripts/fetch-spark-jars.sh`) to fetch them"
+    aws = [jar for jar in jars if jar.name.startswith("hadoop-aws-")]
+    if not aws:
+        raise PipelineError(f"S3A jars missing: no hadoop-aws-*.jar in {folder}; {hint}")
+    hadoop = bundled_hadoop_version()
+    if hadoop and aws[0].name != f"hadoop-aws-{hadoop}.jar":
+        raise PipelineError(
+            f"{aws[0].name} in {folder} does not match the Hadoop {hadoop} bundled with "
+            f"pyspark; {hint}"
+        )
+    return jars
+
+
+def is_s3(lake_uri: str) -> bool:
+    """Whether a lake URI points at S3 (s3://, s3a:// or s3n://)."""
+    return urlparse(lake_uri).scheme in ("s3", "s3a", "s3n")
+
+
+def to_spark_uri(lake_uri: str) -> str:
+    """The URI Spark reads: s3:// becomes s3a://, a local path an absolute file:// URI."""
+    parsed = urlparse(lake_uri)
+    if parsed.scheme in ("s3", "s3n"):
+        return "s3a://" + lake_uri.split("://", 1)[1]
+    if parsed.scheme in ("s3a", "file", "hdfs", "gs", "abfs", "abfss"):
+        return lake_uri
+    if parsed.scheme and len(parsed.scheme) > 1:
+        raise ValueError(f"unsupported lake URI scheme: {lake_uri}")
+    return Path(lake_uri).expanduser().resolve().as_uri()
+
+
+def _local_cores(master: str) -> int:
+    """How many cores a local[N] / local[*] master uses (the machine's for other masters)."""
+    match = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\d+)?\])?", master)
+    if match and match.group(1) and match.group(1) != "*":
+        return int(match.group(1))
+    if master == "local":
+        return 1
+    return os.cpu_count() or 2
+
+
+def spark_conf(
+    lake_uri: str,
+    s3_endpoint: str | None,
+    master: str,
+    *,
+    region: str | None = None,
+    driver_memory: str = "1g",
+) -> dict[str, str]:
+    """Spark and Hadoop settings for a job on this lake; no secret ever goes in here."""
+    cores = _local_cores(master)
+    conf = {
+        "spark.app.name": "energy-pipeline",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        # Spark's INFO chatter would drown the job's own output in the flow's log.
+        "spark.log.level": "WARN",
+        "spark.driver.memory": driver_memory,
+        # A few cores and small data: default 200 shuffle partitions is pure overhead.
+        "spark.sql.shuffle.partitions": str(max(4, 2 * cores)),
+        "spark.default.parallelism": str(max(2, cores)),
+    }
+    if is_s3(lake_uri):
+        conf.update(
+            {
+                "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+                "spark.hadoop.fs.s3a.path.style.access": "true",
+                "spark.hadoop.fs.s3a.aws.credentials.provider": CREDENTIALS_PROVIDER,
+            }
+        )
+        region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if s3_endpoint:
+            endpoint = urlparse(s3_endpoint)
+            conf["spark.hadoop.fs.s3a.endpoint"] = s3_endpoint
+            conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(
+                endpoint.scheme != "http"
+            ).lower()
+            # A custom endpoint has no AWS region to infer: sign for a fixed one.
+            region = region or "us-east-1"
+        if region:
+            conf["spark.hadoop.fs.s3a.endpoint.region"] = region
+    return conf
+
+
+def spark_submit_executable() -> Path:
+    """The spark-submit launcher of the installed pyspark."""
+    return spark_home() / "bin" / "spark-submit"
+
+
+def build_command(
+    app: Path,
+    app_args: Sequence[str],
+    *,
+    master: str,
+    conf: Mapping[str, str],
+    jars: Sequence[Path] = (),
+) -> list[str]:
+    """The spark-submit argument list (no shell); settings only, never credentials."""
+    leaked = [key for key in conf if _SECRET_KEYS.search(key)]
+    if leaked:
+        raise ValueError(f"secrets must travel in the environment, not as --conf: {leaked}")
+    command = [str(spark_submit_executable()), "--master", master]
+    for key, value in conf.items():
+        command += ["--conf", f"{key}={value}"]
+    if jars:
+        command += ["--jars", ",".join(str(Path(jar).resolve()) for jar in jars)]
+    command.append(str(Path(app).resolve()))
+    command += list(app_args)
+    return command
+
+
+def submit_env(env: Mapping[str, str] | None = None, *, master: str = "") -> dict[str, str]:
+    """The child's environment: ours, this interpreter and pyspark's Spark, then the given env."""
+    merged = dict(os.environ)
+    merged["PYSPARK_PYTHON"] = sys.executable
+    merged["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    merged["SPARK_HOME"] = str(spark_home())
+    if master.startswith("local"):
+        # A local job talks to itself only: bind loopback, whatever the hostname resolves to.
+        merged.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    merged.update(env or {})
+    return merged
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """Stop the launcher and every JVM / Python worker it started (its process group)."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # The launcher is gone; children that ignored SIGTERM may still hold the group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return
+
+
+def run_spark_submit(
+    app: Path,
+    app_args: list[str],
+    *,
+    master: str,
+    conf: dict[str, str],
+    jars: list[Path],
+    env: dict[str, str],
+    timeout_s: float,
+    on_line: Callable[[str], None],
+) -> None:
+    """Run spark-submit, stream each log line to on_line, raise SparkJobFailed on failure."""
+    command = build_command(app, app_args, master=master, conf=conf, jars=jars)
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    errors: list[str] = []
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        bufsize=1,
+        env=submit_env(env, master=master),
+        start_new_session=True,
+    )
+    timed_out = threading.Event()
+
+    def watchdog() -> None:
+        if proc.poll() is None:
+            timed_out.set()
+            _kill_group(proc)
+
+    timer = threading.Timer(timeout_s, watchdog)
+    timer.daemon = True
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            if len(errors) < MAX_ERROR_LINES and _ERROR_LINE.match(line):
+                errors.append(line)
+            on_line(line)
+        code = proc.wait()
+    except BaseException:
+        _kill_group(proc)
+        raise
+    finally:
+        timer.cancel()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    if timed_out.is_set():
+        raise SparkJobFailed(
+            f"spark-submit {app.name} timed out after {timeout_s:g} s",
+            timed_out=True,
+            exit_code=code,
+            log_tail=tail,
+            errors=errors,
+        )
+    # The driver exited; make sure nothing it forked outlives it.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if code != 0:
+        elapsed = time.monotonic() - started
+        raise SparkJobFailed(
+            f"spark-submit {app.name} failed with exit code {code} after {elapsed:.0f} s",
+            exit_code=code,
+            log_tail=tail,
+            errors=errors,
+        )
+
+
+def jvm_startup_seconds(timeout_s: float = 120.0) -> float:
+    """Seconds spark-submit takes to start a local JVM and run an empty PySpark app."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        app = Path(tmp) / "noop.py"
+        app.write_text(
+            "from pyspark.sql import SparkSession\nSparkSession.builder.getOrCreate().stop()\n"
+        )
+        started = time.monotonic()
+        run_spark_submit(
+            app,
+            [],
+            master="local[1]",
+            conf=spark_conf(tmp, None, "local[1]"),
+            jars=[],
+            env={},
+            timeout_s=timeout_s,
+            on_line=lambda _line: None,
+        )
+        return time.monotonic() - started
