@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
+from flows import USER_SPARK_ENV
 from flows.errors import PipelineError
 
 JARS_DIR_ENV = "ENERGY_PIPELINE_JARS_DIR"
@@ -76,10 +78,11 @@ def jars_dir() -> Path:
 
 
 def spark_home() -> Path:
-    """The Spark installation of the pyspark package in this environment."""
-    import pyspark
-
-    return Path(pyspark.__file__).resolve().parent
+    """The Spark installation of the pyspark package in this environment (not imported)."""
+    spec = importlib.util.find_spec("pyspark")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("pyspark is not installed in this environment: run `make setup`")
+    return Path(spec.origin).resolve().parent
 
 
 def bundled_hadoop_version() -> str | None:
@@ -207,11 +210,16 @@ def build_command(
 def submit_env(env: Mapping[str, str] | None = None, *, master: str = "") -> dict[str, str]:
     """The child's environment: ours, this interpreter and pyspark's Spark, then the given env."""
     merged = dict(os.environ)
+    for name, value in USER_SPARK_ENV.items():  # undo what importing pandera set
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
     merged["PYSPARK_PYTHON"] = sys.executable
     merged["PYSPARK_DRIVER_PYTHON"] = sys.executable
     merged["SPARK_HOME"] = str(spark_home())
-    if master.startswith("local"):
-        # A local job talks to itself only: bind loopback, whatever the hostname resolves to.
+    if master.startswith("local") or urlparse(master).hostname in ("127.0.0.1", "localhost"):
+        # A job that stays on this machine: bind loopback, whatever the hostname resolves to.
         merged.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     merged.update(env or {})
     return merged
