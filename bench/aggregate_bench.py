@@ -101,10 +101,12 @@ def build_lake(lake: Path, adresse_rows: int, commune_rows: int) -> int:
 
 
 def spark_seconds(lake: Path, master: str) -> float:
-    """Wall time of the whole aggregate step (spark-submit, job, publish)."""
+    """Wall time of the whole aggregate step (spark-submit, job, publish); prints its steps."""
     started = time.perf_counter()
-    run_aggregate(Settings(lake=str(lake), spark_master=master, spark_driver_memory="4g"),
-                  on_line=lambda _: None)  # fmt: skip
+    run_aggregate(
+        Settings(lake=str(lake), spark_master=master, spark_driver_memory="4g"),
+        on_line=lambda line: print(f"  [{master}] {line}") if "energy-pipeline:" in line else None,
+    )
     return time.perf_counter() - started
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -164,9 +165,7 @@ def conso_commune(raw: Raw) -> DataFrame | None:
     source = raw.table("commune")
     if source is None:
         return None
-    grouped = source.groupBy(
-        "annee", _code("code_commune"), "filiere", "code_grand_secteur"
-    ).agg(
+    grouped = source.groupBy("annee", _code("code_commune"), "filiere", "code_grand_secteur").agg(
         F.max("nom_commune").alias("nom_commune"),
         F.max(_code("code_departement")).alias("code_departement"),
         F.max(_code("code_region")).alias("code_region"),
@@ -335,7 +334,7 @@ def carry_over(spark: SparkSession, raw: Raw, table: str, fresh: DataFrame) -> D
     base = f"{raw.lake}/gold/{table}"
     try:
         pointer = json.loads(raw.read_text(f"{base}/_current.json"))
-    except Exception:  # noqa: BLE001 - no published version yet (any FS error means none)
+    except Exception:  # no published version yet: any filesystem error means none
         return fresh
     if not pointer.get("files"):
         return fresh
@@ -346,18 +345,22 @@ def carry_over(spark: SparkSession, raw: Raw, table: str, fresh: DataFrame) -> D
     return fresh.unionByName(kept.select(*fresh.columns))
 
 
-def write_table(frame: DataFrame, target: str, sort_keys: Sequence[str]) -> None:
-    """Parquet partitioned by year, and one sorted CSV (UTF-8, comma, header)."""
+def write_table(frame: DataFrame, target: str, sort_keys: Sequence[str]) -> dict[str, float]:
+    """Parquet partitioned by year, and one sorted CSV (UTF-8, comma, header); seconds each."""
     frame = frame.withColumn("annee", F.col("annee").cast(T.IntegerType()))
+    started = time.perf_counter()
     frame.repartition("annee").write.mode("overwrite").partitionBy("annee").parquet(target)
+    parquet_s = time.perf_counter() - started
     plain = [
         F.col(f.name).cast(T.DecimalType(38, 6)).alias(f.name)
         if isinstance(f.dataType, T.DoubleType)
         else F.col(f.name)
         for f in frame.schema.fields
     ]
+    started = time.perf_counter()
     (
-        frame.select(*plain)
+        frame.sparkSession.read.parquet(target)
+        .select(*plain)
         .orderBy(*sort_keys)
         .coalesce(1)
         .write.mode("overwrite")
@@ -366,6 +369,7 @@ def write_table(frame: DataFrame, target: str, sort_keys: Sequence[str]) -> None
         .option("emptyValue", "")
         .csv(f"{target}.csv.d")
     )
+    return {"parquet_s": round(parquet_s, 2), "csv_s": round(time.perf_counter() - started, 2)}
 
 
 def _rows(frame: DataFrame, limit: int = 20) -> list[dict[str, Any]]:
@@ -387,6 +391,11 @@ def _check(name: str, problems: DataFrame | None, summary: str, **figures: Any) 
         "examples": _rows(problems),
         **figures,
     }
+
+
+def _off(ratio: str, tolerance: float) -> Column:
+    """A ratio further than `tolerance` from 1."""
+    return F.abs(F.col(ratio) - 1) > tolerance
 
 
 def consistency_checks(tables: dict[str, DataFrame]) -> list[dict[str, Any]]:
@@ -427,8 +436,10 @@ def consistency_checks(tables: dict[str, DataFrame]) -> list[dict[str, Any]]:
 
     ore_vs_odre = None
     if departement is not None and nationale is not None:
-        ore = departement.groupBy("annee").pivot("filiere", ["Electricité", "Gaz"]).agg(
-            F.sum("conso_totale_mwh")
+        ore = (
+            departement.groupBy("annee")
+            .pivot("filiere", ["Electricité", "Gaz"])
+            .agg(F.sum("conso_totale_mwh"))
         )
         ore_vs_odre = (
             ore.join(nationale, on="annee", how="inner")
@@ -442,7 +453,8 @@ def consistency_checks(tables: dict[str, DataFrame]) -> list[dict[str, Any]]:
                 (F.col("Gaz") / F.col("gaz_mwh")).alias("ratio_gaz"),
             )
             .where(
-                (F.abs(F.col("ratio_electricite") - 1) > 0.15) | (F.abs(F.col("ratio_gaz") - 1) > 0.15)
+                (F.abs(F.col("ratio_electricite") - 1) > 0.15)
+                | (F.abs(F.col("ratio_gaz") - 1) > 0.15)
             )
         )
     checks.append(
@@ -462,10 +474,12 @@ def consistency_checks(tables: dict[str, DataFrame]) -> list[dict[str, Any]]:
         )
         daily_vs_annual = (
             daily.join(nationale, on="annee", how="inner")
-            .withColumn("ratio_electricite", F.col("daily_electricite_mwh") / F.col("electricite_mwh"))
+            .withColumn(
+                "ratio_electricite", F.col("daily_electricite_mwh") / F.col("electricite_mwh")
+            )
             .withColumn("ratio_gaz", F.col("daily_gaz_mwh") / F.col("gaz_mwh"))
-            .where((F.abs(F.col("ratio_electricite") - 1) > 0.02) | (F.abs(F.col("ratio_gaz") - 1) > 0.02))
-        )  # fmt: skip
+            .where(_off("ratio_electricite", 0.02) | _off("ratio_gaz", 0.02))
+        )
     checks.append(
         _check("daily_vs_annual", daily_vs_annual, "Σ daily national within 2 % of annual")
     )
@@ -498,21 +512,27 @@ def run(spark: SparkSession, lake: str, staging: str, years: Sequence[int] | Non
     staged: dict[str, DataFrame] = {}
     counts: dict[str, int] = {}
     skipped: list[str] = []
+    timings: dict[str, dict[str, float]] = {}
     for name in tables:
         frame = BUILDERS[name](raw)
         if frame is None:
             skipped.append(name)
             continue
         target = f"{raw.lake}/{staging}/{name}"
-        write_table(carry_over(spark, raw, name, frame), target, SORT_KEYS[name])
+        timings[name] = write_table(carry_over(spark, raw, name, frame), target, SORT_KEYS[name])
         staged[name] = spark.read.parquet(target)
         counts[name] = staged[name].count()
-        print(f"energy-pipeline: staged {name}: {counts[name]} rows", flush=True)
+        print(f"energy-pipeline: staged {name}: {counts[name]} rows {timings[name]}", flush=True)
+    started = time.perf_counter()
+    checks = consistency_checks(staged)
+    timings["checks"] = {"seconds": round(time.perf_counter() - started, 2)}
+    print(f"energy-pipeline: consistency checks {timings['checks']}", flush=True)
     result = {
         "tables": counts,
         "skipped": skipped,
         "years": sorted(years) if years else None,
-        "checks": consistency_checks(staged),
+        "checks": checks,
+        "timings": timings,
     }
     raw.write_text(f"{raw.lake}/{staging}/_result.json", json.dumps(result, default=str))
     return result
