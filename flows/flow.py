@@ -23,6 +23,7 @@ from flows.ingest import (
     plan_dataset,
 )
 from flows.lake import Lake
+from flows.notify import notify_failure
 from flows.portals import client_for
 from flows.settings import Settings
 
@@ -56,6 +57,8 @@ class IngestReport:
 
 class IngestFailed(PipelineError):
     """One or more partitions failed; the others were committed."""
+
+    report: IngestReport | None = None
 
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -194,7 +197,9 @@ def run_ingest(
     )
     if report.failed:
         first = report.failed[0]
-        raise IngestFailed(f"{len(report.failed)} partition(s) failed; first: {first.reason}")
+        error = IngestFailed(f"{len(report.failed)} partition(s) failed; first: {first.reason}")
+        error.report = report
+        raise error
     return report
 
 
@@ -244,7 +249,7 @@ def aggregate_flow(
     return aggregate_task(settings or Settings(), years)
 
 
-@flow(name="energy-pipeline", log_prints=True)
+@flow(name="energy-pipeline", log_prints=True, on_failure=[notify_failure])
 def pipeline_flow(
     datasets: list[str] | None = None,
     years: list[int] | None = None,
