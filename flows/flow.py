@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
+from pydantic import Field
 
 from flows.aggregate import AggregateReport, run_aggregate
+from flows.blocks import resolve_settings
 from flows.catalog import DATASETS, get_dataset
 from flows.errors import PipelineError, is_transient
 from flows.ingest import (
@@ -260,6 +262,36 @@ def pipeline_flow(
     settings = settings or Settings()
     run_ingest(datasets, years, force, settings)
     return aggregate_task(settings, years)
+
+
+DatasetName = Literal[
+    "adresse",
+    "commune",
+    "departement",
+    "nationale_annuelle",
+    "regionale_annuelle",
+    "nationale_quotidienne",
+    "regionale_quotidienne",
+]
+Year = Annotated[int, Field(ge=2000, le=2100)]
+
+
+@flow(name="energy_pipeline", log_prints=True, on_failure=[notify_failure])
+def energy_pipeline(
+    datasets: list[DatasetName] | None = None,
+    years: list[Year] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """The deployed pipeline: ingest, aggregate, publish; settings from env and blocks.
+
+    Args:
+        datasets: datasets to pull (all seven when empty).
+        years: years to pull and rebuild (every year the portals hold when empty).
+        force: pull partitions again even when the source has not changed.
+    """
+    settings = resolve_settings()
+    run_ingest(list(datasets) if datasets else None, years, force, settings)
+    return aggregate_task(settings, years).manifest
 
 
 def _runner(settings: Settings) -> Any:

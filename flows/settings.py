@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     enedis_url: str = "https://opendata.enedis.fr"
     spark_master: str = "local[*]"
     s3_endpoint: str | None = None
+    s3_block: str | None = Field(None, description="S3Bucket block holding the lake (deployments)")
 
     http_connect_timeout: float = 10.0
     http_read_timeout: float = 120.0
