@@ -259,7 +259,12 @@ def pipeline_flow(
     settings: Settings | None = None,
 ) -> AggregateReport:
     """Ingest, then aggregate and publish; a failed ingest publishes nothing."""
-    settings = settings or Settings()
+    return _ingest_then_aggregate(datasets, years, force, settings or Settings())
+
+
+def _ingest_then_aggregate(
+    datasets: list[str] | None, years: list[int] | None, force: bool, settings: Settings
+) -> AggregateReport:
     run_ingest(datasets, years, force, settings)
     return aggregate_task(settings, years)
 
@@ -289,9 +294,8 @@ def energy_pipeline(
         years: years to pull and rebuild (every year the portals hold when empty).
         force: pull partitions again even when the source has not changed.
     """
-    settings = resolve_settings()
-    run_ingest(list(datasets) if datasets else None, years, force, settings)
-    return aggregate_task(settings, years).manifest
+    chosen: list[str] | None = [str(d) for d in datasets] if datasets else None
+    return _ingest_then_aggregate(chosen, years, force, resolve_settings()).manifest
 
 
 def _runner(settings: Settings) -> Any:

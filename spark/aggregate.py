@@ -160,27 +160,24 @@ def conso_adresse(raw: Raw) -> DataFrame | None:
     )
 
 
+def _ore_area(source: DataFrame, area: str, attributes: Sequence[str]) -> DataFrame:
+    """ORE rows summed per year x area x filière x grand secteur, area attributes kept."""
+    grouped = source.groupBy("annee", _code(area), "filiere", "code_grand_secteur").agg(
+        *[F.max(_code(name) if name.startswith("code_") else name).alias(name)
+          for name in attributes],
+        *_sum_unmasked(),
+    )  # fmt: skip
+    return _with_mean(grouped).select(
+        "annee", area, *attributes, "filiere", "code_grand_secteur", *ORE_MEASURES
+    )
+
+
 def conso_commune(raw: Raw) -> DataFrame | None:
     """Year x commune x filière x grand secteur (ORE commune, over operators and NAF codes)."""
     source = raw.table("commune")
     if source is None:
         return None
-    grouped = source.groupBy("annee", _code("code_commune"), "filiere", "code_grand_secteur").agg(
-        F.max("nom_commune").alias("nom_commune"),
-        F.max(_code("code_departement")).alias("code_departement"),
-        F.max(_code("code_region")).alias("code_region"),
-        *_sum_unmasked(),
-    )
-    return _with_mean(grouped).select(
-        "annee",
-        "code_commune",
-        "nom_commune",
-        "code_departement",
-        "code_region",
-        "filiere",
-        "code_grand_secteur",
-        *ORE_MEASURES,
-    )
+    return _ore_area(source, "code_commune", ("nom_commune", "code_departement", "code_region"))
 
 
 def conso_departement(raw: Raw) -> DataFrame | None:
@@ -188,22 +185,7 @@ def conso_departement(raw: Raw) -> DataFrame | None:
     source = raw.table("departement")
     if source is None:
         return None
-    grouped = source.groupBy(
-        "annee", _code("code_departement"), "filiere", "code_grand_secteur"
-    ).agg(
-        F.max("nom_departement").alias("nom_departement"),
-        F.max(_code("code_region")).alias("code_region"),
-        *_sum_unmasked(),
-    )
-    return _with_mean(grouped).select(
-        "annee",
-        "code_departement",
-        "nom_departement",
-        "code_region",
-        "filiere",
-        "code_grand_secteur",
-        *ORE_MEASURES,
-    )
+    return _ore_area(source, "code_departement", ("nom_departement", "code_region"))
 
 
 def conso_region(raw: Raw) -> DataFrame | None:
@@ -211,13 +193,7 @@ def conso_region(raw: Raw) -> DataFrame | None:
     source = raw.table("departement")
     if source is None:
         return None
-    grouped = source.groupBy("annee", _code("code_region"), "filiere", "code_grand_secteur").agg(
-        F.max("nom_region").alias("nom_region"),
-        *_sum_unmasked(),
-    )
-    return _with_mean(grouped).select(
-        "annee", "code_region", "nom_region", "filiere", "code_grand_secteur", *ORE_MEASURES
-    )
+    return _ore_area(source, "code_region", ("nom_region",))
 
 
 def conso_secteur(raw: Raw) -> DataFrame | None:
