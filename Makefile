@@ -7,7 +7,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 setup:
 	@command -v uv >/dev/null 2>&1 && uv --version | grep -q "$(UV_VERSION)" \
 		|| python3 -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	uv sync --frozen
+	uv sync --frozen --all-extras
 	@$(MAKE) --no-print-directory jars
 
 # S3A jars for spark-submit (hadoop-aws + AWS SDK v2 modules), cached outside git; needs Maven.

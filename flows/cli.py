@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from flows.catalog import DATASETS
@@ -48,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--years", type=_years, help="e.g. 2022,2023 or 2018-2023; default: all")
         sub.add_argument("--lake", help="lake URI (overrides ENERGY_PIPELINE_LAKE)")
+        sub.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
         if name == "aggregate":
             continue
         sub.add_argument("--datasets", type=_names, help="comma list, default: all seven")
@@ -56,36 +59,136 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; exit status 0 on success, 1 on failure with a one-line reason on stderr."""
+    """Entry point. Exit status: 0 success, 1 failure (one-line reason on stderr), 2 usage."""
     args = _parser().parse_args(argv)
     from flows.settings import Settings
 
     overrides: dict[str, Any] = {"lake": args.lake} if args.lake else {}
     try:
-        if args.command == "demo":
-            return _demo(args, overrides)
-        settings = Settings(**overrides)
-        if args.command == "aggregate":
-            from flows.flow import aggregate
+        with _progress(enabled=not args.no_progress):
+            if args.command == "demo":
+                return _demo(args, overrides)
+            settings = Settings(**overrides)
+            if args.command == "aggregate":
+                from flows.flow import aggregate
 
-            _print_publish(aggregate(args.years, settings).manifest)
-            return 0
-        if args.command == "ingest":
-            from flows.flow import ingest
+                _print_publish(aggregate(args.years, settings).manifest)
+                return 0
+            if args.command == "ingest":
+                from flows.flow import ingest
 
-            report = ingest(args.datasets, args.years, args.force, settings)
-            print(
-                f"load {report.load_id}: {report.count('loaded')} partitions loaded, "
-                f"{report.count('skipped')} skipped; lake {report.lake}"
-            )
-            return 0
-        from flows.flow import pipeline
+                report = ingest(args.datasets, args.years, args.force, settings)
+                _print_ingest([r.to_dict() for r in report.results])
+                print(
+                    f"load {report.load_id}: {report.count('loaded')} partitions loaded, "
+                    f"{report.count('skipped')} skipped; lake {report.lake}"
+                )
+                return 0
+            from flows.flow import pipeline
 
-        _print_publish(pipeline(args.datasets, args.years, args.force, settings).manifest)
+            _print_summary(pipeline(args.datasets, args.years, args.force, settings))
     except Exception as exc:
         print(f"energy-pipeline {args.command} failed: {_one_line(exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[None]:
+    """Progress bars on stderr for the long steps (partitions, then Spark, then outputs)."""
+    if not enabled:
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from flows.report import listening
+
+    bars = Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=Console(stderr=True), transient=False,
+    )  # fmt: skip
+    current: dict[str, Any] = {}
+    steps = {"aggregate": "Spark: gold tables", "dashboard": "dashboard",
+             "tableau": "Tableau extracts"}  # fmt: skip
+
+    def finish_step() -> None:
+        if "step" in current:
+            bars.update(current.pop("step"), total=1, completed=1)
+
+    def on_event(event: str, data: dict[str, Any]) -> None:
+        if event == "ingest_started":
+            current["ingest"] = bars.add_task(
+                f"partitions ({data['skipped']} unchanged)", total=data["total"]
+            )
+        elif event == "partition_done" and "ingest" in current:
+            result = data["result"]
+            bars.update(current["ingest"], advance=1,
+                        description=f"partitions: {result.partition} {result.status}")  # fmt: skip
+        elif event == "step_started":
+            finish_step()
+            current["step"] = bars.add_task(steps.get(data["step"], data["step"]), total=None)
+        elif event == "run_done":
+            finish_step()
+
+    with bars, listening(on_event):
+        yield
+
+
+def _print_ingest(partitions: list[dict[str, Any]]) -> None:
+    from flows.report import RunSummary
+
+    _table(
+        "Ingestion",
+        ["dataset", "years", "loaded", "unchanged", "failed", "rows", "quarantined"],
+        [[d["dataset"], _years_text(d["years"]), d["loaded"], d["skipped"], d["failed"],
+          f"{d['rows_written']:,}", f"{d['rows_quarantined']:,}"]
+         for d in RunSummary("", "", partitions).by_dataset()],
+    )  # fmt: skip
+
+
+def _print_summary(summary: Any) -> None:
+    """The final tables: ingestion, gold tables and checks, then where the outputs are."""
+    _print_ingest(summary.partitions)
+    if summary.publish:
+        _table("Gold tables", ["table", "rows", "Tableau extract"],
+               [[t, f"{f['rows']:,}", "yes" if t in summary.hyper else "no"]
+                for t, f in summary.publish["tables"].items()])  # fmt: skip
+        findings = [c for c in summary.check_rows() if c["status"] not in ("ok", "skipped")]
+        if findings:
+            _table("Checks with findings", ["check", "scope", "status", "findings", "detail"],
+                   [[c["check"], c["scope"], c["status"], c["findings"], c["detail"]]
+                    for c in findings])  # fmt: skip
+        _print_publish(summary.publish)
+    if summary.hyper_message:
+        print(summary.hyper_message)
+    if summary.dashboard:
+        print(f"dashboard: {summary.dashboard}")
+
+
+def _years_text(years: list[int]) -> str:
+    if len(years) > 3 and years == list(range(years[0], years[-1] + 1)):
+        return f"{years[0]}-{years[-1]}"
+    return ",".join(str(y) for y in years)
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    Console(width=max(100, shutil.get_terminal_size().columns)).print(table)
 
 
 def _print_publish(manifest: dict[str, Any]) -> None:
@@ -105,8 +208,8 @@ def _demo(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     with PortalEmulator() as emulator:
         overrides |= {f"{portal}_url": url for portal, url in emulator.urls.items()}
         settings = Settings(**overrides)
-        report = pipeline(args.datasets, args.years, args.force, settings)
-    _print_publish(report.manifest)
+        summary = pipeline(args.datasets, args.years, args.force, settings)
+    _print_summary(summary)
     return 0
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+from prefect.concurrency.sync import concurrency
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from pydantic import Field
@@ -15,6 +21,7 @@ from pydantic import Field
 from flows.aggregate import AggregateReport, run_aggregate
 from flows.blocks import resolve_settings
 from flows.catalog import DATASETS, get_dataset
+from flows.dashboard import build_dashboard
 from flows.errors import PipelineError, is_transient
 from flows.ingest import (
     LOAD,
@@ -27,7 +34,9 @@ from flows.ingest import (
 from flows.lake import Lake
 from flows.notify import notify_failure
 from flows.portals import client_for
+from flows.report import IngestProgress, RunSummary, create_run_artifacts, emit
 from flows.settings import Settings
+from flows.tableau import HYPER_MISSING, hyper_available, write_hyper_extracts
 
 
 @dataclass
@@ -89,6 +98,24 @@ def plan_task(
     return plans
 
 
+@contextmanager
+def _portal_slot(plan: PartitionPlan, settings: Settings) -> Iterator[None]:
+    """Hold one slot of the portal's global concurrency limit (deployments) while loading."""
+    if not settings.portal_limit_prefix:
+        yield
+        return
+    name = f"{settings.portal_limit_prefix}-{get_dataset(plan.dataset).portal}"
+    try:
+        with concurrency(name, occupy=1, strict=True):
+            yield
+    except ConcurrencySlotAcquisitionError as exc:
+        raise PipelineError(
+            f"global concurrency limit {name} is missing: run `python -m deployments.bootstrap`",
+            dataset=plan.dataset,
+            partition=plan.label,
+        ) from exc
+
+
 @task(
     name="ingest-partition",
     task_run_name="ingest {plan.dataset} {plan.year}",
@@ -99,7 +126,8 @@ def ingest_partition_task(plan: PartitionPlan, settings: Settings, load_id: str)
     """Load one partition end to end; transient failures are retried, nothing half-committed."""
     logger = get_run_logger()
     lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
-    result = load_partition(plan, settings, lake, load_id)
+    with _portal_slot(plan, settings):
+        result = load_partition(plan, settings, lake, load_id)
     logger.info(
         "%s: fetched %d rows (%.1f MB) from %s, wrote %d, quarantined %d, "
         "dropped %d exact duplicates in %.1fs",
@@ -181,13 +209,17 @@ def run_ingest(
     )
     to_load = [p for p in plans if p.action == LOAD]
     report.results.extend(_skipped(p) for p in plans if p.action != LOAD)
-    loads = [(p, partition_task.submit(p, settings, report.load_id)) for p in to_load]
-    for plan, load in loads:
+    progress = IngestProgress(total=len(to_load), skipped=len(plans) - len(to_load))
+    loads = {partition_task.submit(p, settings, report.load_id): p for p in to_load}
+    for load in as_completed(list(loads)):
+        plan = loads[load]
         try:
-            report.results.append(load.result())
+            result = load.result()
         except Exception as exc:
             logger.error("%s failed: %s", plan.label, exc)
-            report.results.append(_failed(plan, exc))
+            result = _failed(plan, exc)
+        report.results.append(result)
+        progress.advance(result)
     lake.write_json(f"_manifests/loads/{report.load_id}.json", report.to_dict())
     logger.info(
         "load %s: %d loaded, %d skipped, %d failed; manifest _manifests/loads/%s.json",
@@ -257,16 +289,68 @@ def pipeline_flow(
     years: list[int] | None = None,
     force: bool = False,
     settings: Settings | None = None,
-) -> AggregateReport:
+) -> RunSummary:
     """Ingest, then aggregate and publish; a failed ingest publishes nothing."""
     return _ingest_then_aggregate(datasets, years, force, settings or Settings())
 
 
+@task(name="outputs", task_run_name="dashboard and Tableau extracts", cache_policy=NO_CACHE)
+def outputs_task(settings: Settings, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild the dashboard from the published tables; write a Hyper extract per table."""
+    logger = get_run_logger()
+    lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
+    emit("step_started", step="dashboard")
+    dashboard = build_dashboard(lake, manifest)
+    logger.info("dashboard published: %s", dashboard)
+    emit("step_started", step="tableau")
+    if hyper_available():
+        hyper = write_hyper_extracts(lake, list(manifest["tables"]))
+        message = None
+        logger.info("Tableau extracts: %s", ", ".join(f"{t}.hyper" for t in hyper))
+    else:
+        hyper, message = {}, HYPER_MISSING
+        logger.warning(message)
+    return {"dashboard": dashboard, "hyper": hyper, "hyper_message": message}
+
+
+@task(name="report", task_run_name="run report", cache_policy=NO_CACHE)
+def report_task(summary: RunSummary) -> None:
+    """The run's artifacts: summary, checks table, links to the dashboard and the tables."""
+    create_run_artifacts(summary)
+
+
 def _ingest_then_aggregate(
     datasets: list[str] | None, years: list[int] | None, force: bool, settings: Settings
-) -> AggregateReport:
-    run_ingest(datasets, years, force, settings)
-    return aggregate_task(settings, years)
+) -> RunSummary:
+    """Ingest → aggregate → publish → dashboard and extracts → report."""
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    try:
+        ingested = run_ingest(datasets, years, force, settings)
+    except IngestFailed as failure:
+        if failure.report is not None:  # the UI still gets what was and was not loaded
+            report_task(RunSummary(settings.lake, failure.report.load_id,
+                                   [r.to_dict() for r in failure.report.results]))  # fmt: skip
+        raise
+    timings["ingest"] = time.monotonic() - started
+    emit("step_started", step="aggregate")
+    started = time.monotonic()
+    aggregated = aggregate_task(settings, years)
+    timings["aggregate and publish"] = time.monotonic() - started
+    started = time.monotonic()
+    outputs = outputs_task(settings, aggregated.manifest)
+    timings["dashboard and extracts"] = time.monotonic() - started
+    summary = RunSummary(
+        lake=settings.lake,
+        load_id=ingested.load_id,
+        partitions=[r.to_dict() for r in ingested.results],
+        publish=aggregated.manifest,
+        timings=timings,
+        **outputs,
+    )
+    report_task(summary)
+    emit("run_done", summary=summary)
+    return summary
 
 
 DatasetName = Literal[
@@ -279,9 +363,16 @@ DatasetName = Literal[
     "regionale_quotidienne",
 ]
 Year = Annotated[int, Field(ge=2000, le=2100)]
+DEFAULT_PARTITION_CONCURRENCY: int = Settings.model_fields["partition_concurrency"].default
 
 
-@flow(name="energy_pipeline", log_prints=True, on_failure=[notify_failure])
+@flow(
+    name="energy_pipeline",
+    log_prints=True,
+    on_failure=[notify_failure],
+    # Partitions load in parallel, bounded; each portal is also held to its own limit.
+    task_runner=cast(Any, ThreadPoolTaskRunner(max_workers=DEFAULT_PARTITION_CONCURRENCY)),
+)
 def energy_pipeline(
     datasets: list[DatasetName] | None = None,
     years: list[Year] | None = None,
@@ -295,7 +386,7 @@ def energy_pipeline(
         force: pull partitions again even when the source has not changed.
     """
     chosen: list[str] | None = [str(d) for d in datasets] if datasets else None
-    return _ingest_then_aggregate(chosen, years, force, resolve_settings()).manifest
+    return asdict(_ingest_then_aggregate(chosen, years, force, resolve_settings()))
 
 
 def _runner(settings: Settings) -> Any:
@@ -323,7 +414,7 @@ def pipeline(
     years: list[int] | None = None,
     force: bool = False,
     settings: Settings | None = None,
-) -> AggregateReport:
+) -> RunSummary:
     """Run the whole pipeline flow."""
     settings = settings or Settings()
     flow_ = pipeline_flow.with_options(task_runner=_runner(settings))

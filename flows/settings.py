@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     http_backoff_base: float = 1.0
     http_backoff_max: float = 60.0
     portal_concurrency: int = 2
+    portal_limit_prefix: str | None = Field(
+        None,
+        description="Deployments: hold the global concurrency limit <prefix>-<portal> "
+        "(odre, ore, enedis) while loading a partition, across every worker",
+    )
     partition_concurrency: int = 4
     partition_retries: int = 3
     datafair_page_size: int = 10_000

@@ -110,9 +110,46 @@ EOF
 fi
 
 # --- 4. Docker-compatible API socket ---------------------------------------------------
+# A local image registry for the Docker-pool deployment test (`prefect deploy` pushes there):
+# CNCF Distribution built from the Go module proxy (about 3 min once, then cached), and an
+# insecure (plain HTTP) entry for its loopback address, read by the Podman service at start.
+REGISTRY_ADDR="${REGISTRY_ADDR:-127.0.0.1:5055}"
+REGISTRY_VERSION="${REGISTRY_VERSION:-v3.0.0}"
+TOOLS="${XDG_CACHE_HOME:-$HOME/.cache}/energy-pipeline/tools"
+if [[ -x "$TOOLS/registry-$REGISTRY_VERSION" ]]; then
+    log "registry $REGISTRY_VERSION present"
+else
+    command -v go >/dev/null || { echo "podman-setup: error: go is needed to build the registry" >&2; exit 1; }
+    log "building the registry $REGISTRY_VERSION with go install"
+    mkdir -p "$TOOLS"
+    gobin="$(mktemp -d)"
+    GOBIN="$gobin" GOFLAGS=-mod=mod go install \
+        "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION" >&2
+    mv "$gobin/registry" "$TOOLS/registry-$REGISTRY_VERSION"
+    rm -rf "$gobin"
+fi
+registries=/etc/containers/registries.conf.d/50-energy-pipeline-test.conf
+want_registries="# Written by scripts/podman-setup.sh: the test registry speaks plain HTTP on loopback.
+[[registry]]
+location = \"$REGISTRY_ADDR\"
+insecure = true
+"
+restart_service=0
+mkdir -p "$(dirname "$registries")"
+if [[ ! -f "$registries" ]] || [[ "$(cat "$registries")" != "$(printf '%s' "$want_registries")" ]]; then
+    log "writing $registries"
+    printf '%s' "$want_registries" >"$registries"
+    restart_service=1
+fi
+
 sock_ok() {
     [[ -S "$SOCK" ]] && curl -fsS --max-time 3 --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1
 }
+if sock_ok && ((restart_service)); then
+    log "restarting the podman system service (registries changed)"
+    pkill -f "podman system service --time=0 unix://$SOCK" || true
+    for _ in $(seq 1 50); do sock_ok || break; sleep 0.2; done
+fi
 if sock_ok; then
     log "podman system service answers on $SOCK"
 else
@@ -132,3 +169,4 @@ else
     fi
 fi
 echo "DOCKER_HOST=unix://$SOCK"
+echo "REGISTRY=$TOOLS/registry-$REGISTRY_VERSION $REGISTRY_ADDR"

@@ -89,3 +89,23 @@ def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
     name = ("lake-" + request.node.name.lower().replace("_", "-"))[:40].rstrip("-")
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def emulator_lake(emulator_session: PortalEmulator, tmp_path_factory) -> Iterator[Path]:
+    """All the emulator's data ingested, then aggregated once with local[2] (about 80 s).
+
+    Shared, read-only: gold, dashboard and Tableau tests read it; tests that change a lake
+    copy the tables they need first. Writing `dashboard/` or `gold/<table>.hyper` next to the
+    tables is fine: no gold reader looks there.
+    """
+    from flows.aggregate import run_aggregate
+    from flows.flow import ingest
+
+    emulator_session.reset()
+    lake = tmp_path_factory.mktemp("emulator-gold") / "lake"
+    settings = fast_settings(emulator_session, str(lake), spark_master="local[2]")
+    ingest(settings=settings)
+    run_aggregate(settings, on_line=lambda line: None)
+    yield lake
+    emulator_session.reset()

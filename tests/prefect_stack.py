@@ -7,10 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import boto3
 import httpx
 
 from tests.spark_cluster import free_ports
@@ -30,6 +33,62 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Wait until `url` answers 200, failing with the log's tail if the process dies first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} never answered:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def deployed_stack(
+    home: Path,
+    s3_endpoint: str,
+    bucket: str,
+    deployment: str,
+    pool: str,
+    pool_type: str,
+    **env_overrides: str,
+) -> Iterator[dict[str, Any]]:
+    """Server + bootstrap (blocks on moto, a Slack receiver) + `prefect deploy` + a worker."""
+    from tests.test_slack_hook import Receiver
+
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=bucket
+    )
+    slack = Receiver()
+    threading.Thread(target=slack.serve_forever, daemon=True).start()
+    try:
+        with prefect_server(home) as env:
+            env.update(
+                ENERGY_PIPELINE_S3_BUCKET=bucket,
+                ENERGY_PIPELINE_S3_FOLDER="lake",
+                ENERGY_PIPELINE_S3_ENDPOINT=s3_endpoint,
+                ENERGY_PIPELINE_SLACK_WEBHOOK_URL=f"json://127.0.0.1:{slack.server_address[1]}/s",
+                AWS_ACCESS_KEY_ID="testing",
+                AWS_SECRET_ACCESS_KEY="testing",
+                **env_overrides,
+            )
+            boot = subprocess.run(
+                [sys.executable, "-m", "deployments.bootstrap"],
+                env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert boot.returncode == 0, boot.stderr
+            deploy = prefect(env, "deploy", "--name", deployment, timeout=2400)
+            assert deploy.returncode == 0, (deploy.stdout + deploy.stderr)[-6000:]
+            log = home / "worker.log"
+            with worker(env, pool, pool_type, log):
+                yield {"env": env, "bucket": bucket, "slack": slack, "home": home, "log": log,
+                       "s3": s3_endpoint, "deploy": deploy.stdout}  # fmt: skip
+    finally:
+        slack.shutdown()
+
+
 @contextlib.contextmanager
 def prefect_server(home: Path) -> Iterator[dict[str, str]]:
     """`prefect server start` on a free loopback port with its own SQLite; yields its env."""
@@ -47,31 +106,27 @@ def prefect_server(home: Path) -> Iterator[dict[str, str]]:
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
-                    break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((home / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
+        wait_http(f"{env['PREFECT_API_URL']}/health", server, home / "server.log", 120)
         yield env
     finally:
         _stop(server)
 
 
 @contextlib.contextmanager
-def process_worker(env: dict[str, str], pool: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`prefect worker start` on a process pool, polling often."""
-    worker = subprocess.Popen(
-        [PREFECT, "worker", "start", "--pool", pool, "--prefetch-seconds", "5"],
+def worker(
+    env: dict[str, str], pool: str, pool_type: str, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`prefect worker start` on a pool, polling often."""
+    process = subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", pool, "--type", pool_type,
+         "--prefetch-seconds", "5"],
         env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, cwd=ROOT,
         stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        yield worker
+        yield process
     finally:
-        _stop(worker)
+        _stop(process)
 
 
 def prefect(

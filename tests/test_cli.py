@@ -53,3 +53,23 @@ def test_unknown_dataset_is_a_usage_error(capsys):
 
     assert exit_.value.code == 2
     assert "unknown dataset(s) communes" in capsys.readouterr().err
+
+
+@pytest.mark.spark
+def test_run_shows_progress_a_summary_and_where_the_dashboard_is(emulator, portal_env, capsys):
+    status = main(["run", "--datasets", "nationale_annuelle,regionale_annuelle", "--years", "2023"])
+
+    captured = capsys.readouterr()
+    assert status == 0, captured.err[-3000:]
+    rows = counts_by_year(portal_env, "regionale_annuelle")[2023]
+    lines = captured.out.splitlines()
+    ingestion = next(line for line in lines if "regionale_annuelle" in line and "│" in line)
+    assert [c.strip() for c in ingestion.split("│")[1:-1]] == [
+        "regionale_annuelle", "2023", "1", "0", "0", f"{rows:,}", "0",
+    ]  # fmt: skip
+    assert any("conso_regionale_brute" in line and "│" in line for line in lines)
+    assert f"dashboard: {portal_env}/dashboard/index.html" in captured.out
+    assert (portal_env / "dashboard" / "index.html").is_file()
+    # Progress bars go to stderr, so stdout stays a clean report for scripts.
+    assert "partitions" in captured.err and "2/2" in captured.err
+    assert "Spark: gold tables" in captured.err

@@ -2,59 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import subprocess
-import sys
-import threading
+import re
+import signal
 import time
 from collections.abc import Iterator
 
 import boto3
+import httpx
+import psutil
 import pytest
 
-from tests.prefect_stack import ROOT, prefect, prefect_server, process_worker
-from tests.test_slack_hook import Receiver
+from flows.report import CHECKS_KEY, DASHBOARD_KEY, GOLD_KEY, SUMMARY_KEY
+from tests.prefect_stack import ROOT, deployed_stack, prefect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.s3, pytest.mark.spark]
 
 
 @pytest.fixture(scope="module")
 def stack(emulator_session, s3_endpoint, tmp_path_factory) -> Iterator[dict]:
-    """Server + bootstrap (blocks on moto, Slack receiver) + deploy + worker."""
-    home = tmp_path_factory.mktemp("prefect")
-    bucket = "deployed-lake"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
-        Bucket=bucket
-    )
-    slack = Receiver()
-    threading.Thread(target=slack.serve_forever, daemon=True).start()
-    with prefect_server(home) as env:
-        env.update(
-            ENERGY_PIPELINE_PROJECT_DIR=str(ROOT),
-            ENERGY_PIPELINE_S3_BUCKET=bucket,
-            ENERGY_PIPELINE_S3_FOLDER="lake",
-            ENERGY_PIPELINE_S3_ENDPOINT=s3_endpoint,
-            ENERGY_PIPELINE_SLACK_WEBHOOK_URL=f"json://127.0.0.1:{slack.server_address[1]}/s",
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            ENERGY_PIPELINE_SPARK_MASTER="local[2]",
-            ENERGY_PIPELINE_HTTP_BACKOFF_BASE="0.05",
-            ENERGY_PIPELINE_HTTP_MAX_ATTEMPTS="2",
-            ENERGY_PIPELINE_PARTITION_RETRIES="1",
-            **{f"ENERGY_PIPELINE_{p.upper()}_URL": u for p, u in emulator_session.urls.items()},
-        )
-        boot = prefect_run(env, [sys.executable, "-m", "deployments.bootstrap"])
-        assert boot.returncode == 0, boot.stderr
-        deploy = prefect(env, "deploy", "--name", "energy-pipeline-local")
-        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-        with process_worker(env, "energy-pipeline-process", home / "worker.log"):
-            yield {"env": env, "bucket": bucket, "slack": slack, "home": home,
-                   "s3": s3_endpoint}  # fmt: skip
-    slack.shutdown()
-
-
-def prefect_run(env: dict[str, str], command: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    """Server + bootstrap (blocks on moto, Slack receiver) + deploy + process worker."""
+    with deployed_stack(
+        tmp_path_factory.mktemp("prefect"), s3_endpoint, "deployed-lake",
+        "energy-pipeline-local", "energy-pipeline-process", "process",
+        ENERGY_PIPELINE_PROJECT_DIR=str(ROOT),
+        ENERGY_PIPELINE_SPARK_MASTER="local[2]",
+        ENERGY_PIPELINE_HTTP_BACKOFF_BASE="0.05",
+        ENERGY_PIPELINE_HTTP_MAX_ATTEMPTS="2",
+        ENERGY_PIPELINE_PARTITION_RETRIES="1",
+        **{f"ENERGY_PIPELINE_{p.upper()}_URL": u for p, u in emulator_session.urls.items()},
+    ) as stack:  # fmt: skip
+        yield stack
 
 
 def keys(endpoint: str, bucket: str) -> list[str]:
@@ -78,6 +57,20 @@ def test_deployment_run_publishes_gold_tables_to_the_bucket(stack, emulator_sess
         assert f"lake/gold/{table}.csv" in stored
         assert f"lake/gold/{table}/_current.json" in stored
     assert "lake/raw/departement/annee=2023/_current.json" in stored
+    assert "lake/dashboard/index.html" in stored
+    assert "lake/gold/conso_region.hyper" in stored
+    # The run's artifacts are on the server, under their keys, pointing at the bucket.
+    response = httpx.post(
+        f"{stack['env']['PREFECT_API_URL']}/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [_flow_run_id(run.stdout)]}}}, timeout=30,
+    )  # fmt: skip
+    response.raise_for_status()
+    artifacts = {a["key"]: a for a in response.json() if a["key"]}
+    assert set(artifacts) == {SUMMARY_KEY, CHECKS_KEY, DASHBOARD_KEY, GOLD_KEY}
+    assert "`s3://deployed-lake/lake`" in artifacts[SUMMARY_KEY]["data"]
+    assert "(s3://deployed-lake/lake/dashboard/index.html)" in artifacts[DASHBOARD_KEY]["data"]
+    progress = [a for a in response.json() if a["type"] == "progress"]
+    assert [float(a["data"]) for a in progress] == [100.0]
 
 
 def test_failed_deployment_run_reaches_slack_from_automation_and_hook(stack, emulator_session):
@@ -101,4 +94,60 @@ def test_failed_deployment_run_reaches_slack_from_automation_and_hook(stack, emu
     assert "departement/annee=2023 failed" in text  # the flow hook's context
     assert "ended Failed" in text or "Failed" in text
     assert len(stack["slack"].messages) >= 2, text  # automation + hook
+    emulator_session.reset()
+
+
+def _flow_run_id(output: str) -> str:
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", output)
+    assert match, output
+    return match.group(1)
+
+
+def _state(env: dict[str, str], run_id: str) -> str:
+    response = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=10)
+    response.raise_for_status()
+    return response.json()["state"]["type"]
+
+
+def _flow_run_process(run_id: str) -> psutil.Process | None:
+    """The process a worker started for this flow run (it carries the run id in its env)."""
+    for process in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get("PREFECT__FLOW_RUN_ID") == run_id:
+                return process
+    return None
+
+
+def test_killed_flow_run_ends_crashed_and_reaches_slack(stack, emulator_session):
+    emulator_session.reset()
+    # The run stays busy in the download: every lines page of `departement` takes 5 min.
+    emulator_session.inject("slow", dataset="departement", request="lines", delay=300, times=None)
+    stack["slack"].messages.clear()
+    params = json.dumps({"datasets": ["departement"], "years": [2023], "force": True})
+    started = prefect(stack["env"], "deployment", "run", "energy_pipeline/energy-pipeline-local",
+                      "--params", params)  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+    run_id = _flow_run_id(started.stdout)
+
+    deadline = time.monotonic() + 180
+    process = None
+    while time.monotonic() < deadline:
+        if _state(stack["env"], run_id) == "RUNNING":
+            process = _flow_run_process(run_id)
+            if process is not None:
+                break
+        time.sleep(0.5)
+    assert process is not None, f"flow run {run_id} never ran: {_state(stack['env'], run_id)}"
+    time.sleep(3)  # well inside the download
+    process.send_signal(signal.SIGKILL)
+
+    deadline = time.monotonic() + 90
+    while _state(stack["env"], run_id) != "CRASHED" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _state(stack["env"], run_id) == "CRASHED"
+    while not stack["slack"].messages and time.monotonic() < deadline:
+        time.sleep(0.5)
+    text = json.dumps(stack["slack"].messages)
+    assert "Crashed" in text, text
+    assert run_id in text, text  # the UI link names the run
     emulator_session.reset()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 import typing
 
 import pytest
@@ -13,8 +15,9 @@ from pydantic import SecretStr
 
 from flows.blocks import resolve_settings
 from flows.catalog import DATASETS
-from flows.flow import DatasetName, energy_pipeline
+from flows.flow import DatasetName, IngestFailed, energy_pipeline, ingest
 from flows.settings import Settings
+from tests.conftest import fast_settings
 
 
 def test_dataset_choices_are_the_catalog():
@@ -57,3 +60,53 @@ def test_lake_and_credentials_come_from_the_s3_block(monkeypatch):
     assert os.environ["AWS_ACCESS_KEY_ID"] == "block-user"
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == "block-secret"
     assert "block-secret" not in settings.model_dump_json()
+
+
+def _limit(name: str) -> typing.Any:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name)
+
+
+def test_partitions_hold_the_portal_global_concurrency_limit(emulator, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name="limit-test-portal-odre", limit=1)
+        )
+    emulator.inject("slow", dataset="regionale_annuelle", delay=1.0, times=None)
+    settings = fast_settings(emulator, str(tmp_path / "lake"),
+                             portal_limit_prefix="limit-test-portal")  # fmt: skip
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append(_limit("limit-test-portal-odre").active_slots)
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        report = ingest(["regionale_annuelle"], [2023], settings=settings)
+    finally:
+        done.set()
+        watcher.join()
+
+    assert [r.status for r in report.results] == ["loaded"]
+    assert max(seen) == 1, seen  # the slot was held during the load...
+    assert _limit("limit-test-portal-odre").active_slots == 0  # ...and given back
+
+
+def test_a_missing_portal_limit_fails_the_partition_naming_it(emulator, tmp_path):
+    settings = fast_settings(emulator, str(tmp_path / "lake"), partition_retries=0,
+                             portal_limit_prefix="no-such-limits")  # fmt: skip
+
+    with pytest.raises(IngestFailed) as failure:
+        ingest(["nationale_annuelle"], [2023], settings=settings)
+
+    assert "no-such-limits-odre" in str(failure.value)
+    assert "bootstrap" in str(failure.value)

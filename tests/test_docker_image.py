@@ -112,7 +112,7 @@ def test_compose_structure() -> None:
     assert any(s.get("image", "").startswith("minio/mc") for s in services.values())
     boot = " ".join(services["bootstrap"]["command"])
     assert (
-        "python -m deployments.bootstrap" in boot and "prefect" in boot and "deploy --all" in boot
+        "python -m deployments.bootstrap" in boot and "deploy --name energy-pipeline-local" in boot
     )
 
 

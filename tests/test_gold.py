@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -21,18 +20,6 @@ from tests.lakeview import download_bucket
 
 def quiet(line: str) -> None:
     """Spark's log is not needed by these tests."""
-
-
-@pytest.fixture(scope="module")
-def emulator_lake(emulator_session, tmp_path_factory) -> Iterator[Path]:
-    """The emulator's data ingested, then aggregated once with local[2]."""
-    emulator_session.reset()
-    lake = tmp_path_factory.mktemp("gold") / "lake"
-    settings = fast_settings(emulator_session, str(lake), spark_master="local[2]")
-    ingest(settings=settings)
-    run_aggregate(settings, on_line=quiet)
-    yield lake
-    emulator_session.reset()
 
 
 @pytest.mark.parametrize("table", GOLD_TABLES)
