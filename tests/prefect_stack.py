@@ -82,9 +82,9 @@ def deployed_stack(
             deploy = prefect(env, "deploy", "--name", deployment, timeout=2400)
             assert deploy.returncode == 0, (deploy.stdout + deploy.stderr)[-6000:]
             log = home / "worker.log"
-            with worker(env, pool, pool_type, log):
+            with worker(env, pool, pool_type, log) as process:
                 yield {"env": env, "bucket": bucket, "slack": slack, "home": home, "log": log,
-                       "s3": s3_endpoint, "deploy": deploy.stdout}  # fmt: skip
+                       "s3": s3_endpoint, "deploy": deploy.stdout, "worker": process}  # fmt: skip
     finally:
         slack.shutdown()
 

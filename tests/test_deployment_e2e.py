@@ -15,9 +15,13 @@ import psutil
 import pytest
 
 from flows.report import CHECKS_KEY, DASHBOARD_KEY, GOLD_KEY, SUMMARY_KEY
-from tests.prefect_stack import ROOT, deployed_stack, prefect
+from tests.prefect_stack import ROOT, deployed_stack, prefect, worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.s3, pytest.mark.spark]
+
+# Flow runs beat every 30 s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY in prefect.yaml, Prefect's
+# minimum); the lost-run automation waits this long after the last beat.
+HEARTBEAT_GRACE_S = 45
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +35,7 @@ def stack(emulator_session, s3_endpoint, tmp_path_factory) -> Iterator[dict]:
         ENERGY_PIPELINE_HTTP_BACKOFF_BASE="0.05",
         ENERGY_PIPELINE_HTTP_MAX_ATTEMPTS="2",
         ENERGY_PIPELINE_PARTITION_RETRIES="1",
+        ENERGY_PIPELINE_HEARTBEAT_GRACE_S=str(HEARTBEAT_GRACE_S),
         **{f"ENERGY_PIPELINE_{p.upper()}_URL": u for p, u in emulator_session.urls.items()},
     ) as stack:  # fmt: skip
         yield stack
@@ -124,20 +129,8 @@ def test_killed_flow_run_ends_crashed_and_reaches_slack(stack, emulator_session)
     emulator_session.inject("slow", dataset="departement", request="lines", delay=300, times=None)
     stack["slack"].messages.clear()
     params = json.dumps({"datasets": ["departement"], "years": [2023], "force": True})
-    started = prefect(stack["env"], "deployment", "run", "energy_pipeline/energy-pipeline-local",
-                      "--params", params)  # fmt: skip
-    assert started.returncode == 0, started.stdout + started.stderr
-    run_id = _flow_run_id(started.stdout)
-
-    deadline = time.monotonic() + 180
-    process = None
-    while time.monotonic() < deadline:
-        if _state(stack["env"], run_id) == "RUNNING":
-            process = _flow_run_process(run_id)
-            if process is not None:
-                break
-        time.sleep(0.5)
-    assert process is not None, f"flow run {run_id} never ran: {_state(stack['env'], run_id)}"
+    run_id = _start_run(stack["env"], params)
+    process = _running_process(stack["env"], run_id)
     time.sleep(3)  # well inside the download
     process.send_signal(signal.SIGKILL)
 
@@ -150,4 +143,60 @@ def test_killed_flow_run_ends_crashed_and_reaches_slack(stack, emulator_session)
     text = json.dumps(stack["slack"].messages)
     assert "Crashed" in text, text
     assert run_id in text, text  # the UI link names the run
+    emulator_session.reset()
+
+
+def _start_run(env: dict[str, str], params: str) -> str:
+    """`prefect deployment run` without waiting; the flow run's id."""
+    started = prefect(env, "deployment", "run", "energy_pipeline/energy-pipeline-local",
+                      "--params", params)  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+    return _flow_run_id(started.stdout)
+
+
+def _running_process(env: dict[str, str], run_id: str) -> psutil.Process:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if _state(env, run_id) == "RUNNING":
+            process = _flow_run_process(run_id)
+            if process is not None:
+                return process
+        time.sleep(0.5)
+    raise AssertionError(f"flow run {run_id} never ran: {_state(env, run_id)}")
+
+
+def test_run_lost_with_its_worker_is_marked_crashed_by_the_heartbeat_automation(
+    stack, emulator_session
+):
+    """Worker and flow run both SIGKILLed: no one reports; the missing heartbeats do."""
+    emulator_session.reset()
+    emulator_session.inject("slow", dataset="departement", request="lines", delay=300, times=None)
+    stack["slack"].messages.clear()
+    main_worker = stack["worker"]
+    main_worker.send_signal(signal.SIGSTOP)  # the run must go to the worker we kill
+    try:
+        with worker(stack["env"], "energy-pipeline-process", "process",
+                    stack["home"] / "doomed-worker.log") as doomed:  # fmt: skip
+            params = json.dumps({"datasets": ["departement"], "years": [2023], "force": True})
+            run_id = _start_run(stack["env"], params)
+            process = _running_process(stack["env"], run_id)
+            time.sleep(3)  # the first heartbeat is sent as the run starts
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait()
+            process.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+    finally:
+        main_worker.send_signal(signal.SIGCONT)
+
+    deadline = killed_at + HEARTBEAT_GRACE_S + 120
+    while _state(stack["env"], run_id) != "CRASHED" and time.monotonic() < deadline:
+        time.sleep(1)
+    run = httpx.get(f"{stack['env']['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=10).json()
+    assert run["state"]["type"] == "CRASHED", run["state"]
+    assert "No heartbeat" in (run["state"]["message"] or ""), run["state"]
+    print(f"\n[e2e] lost run marked Crashed {time.monotonic() - killed_at:.0f} s after the kill")
+    while not stack["slack"].messages and time.monotonic() < deadline:
+        time.sleep(0.5)
+    text = json.dumps(stack["slack"].messages)
+    assert "Crashed" in text and run_id in text, text
     emulator_session.reset()
