@@ -144,11 +144,7 @@ class LazyWriter:
 def gold_files(lake: Lake, table: str) -> dict[int, list[str]]:
     """The current version's Parquet files of a gold table by year, lake-relative."""
     folder = f"gold/{table}"
-    if lake.is_local:
-        names = lake.files_below(folder, ".parquet")
-    else:
-        pointer = lake.read_json(f"{folder}/{POINTER}")
-        names = list(pointer["files"]) if pointer else []
+    names = lake.current_files(folder)
     by_year: dict[int, list[str]] = defaultdict(list)
     for name in names:
         years = [p.split("=", 1)[1] for p in name.split("/") if p.startswith("annee=")]

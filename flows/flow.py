@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -37,6 +37,8 @@ from flows.portals import client_for
 from flows.report import IngestProgress, RunSummary, create_run_artifacts, emit
 from flows.settings import Settings
 from flows.tableau import HYPER_MISSING, hyper_available, write_hyper_extracts
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -319,27 +321,31 @@ def report_task(summary: RunSummary) -> None:
     create_run_artifacts(summary)
 
 
+def _timed(timings: dict[str, float], step: str, call: Callable[..., T], *args: Any) -> T:
+    """Run one step, recording its wall time under `step`."""
+    started = time.monotonic()
+    try:
+        return call(*args)
+    finally:
+        timings[step] = time.monotonic() - started
+
+
 def _ingest_then_aggregate(
     datasets: list[str] | None, years: list[int] | None, force: bool, settings: Settings
 ) -> RunSummary:
     """Ingest → aggregate → publish → dashboard and extracts → report."""
     timings: dict[str, float] = {}
-    started = time.monotonic()
     try:
-        ingested = run_ingest(datasets, years, force, settings)
+        ingested = _timed(timings, "ingest", run_ingest, datasets, years, force, settings)
     except IngestFailed as failure:
         if failure.report is not None:  # the UI still gets what was and was not loaded
             report_task(RunSummary(settings.lake, failure.report.load_id,
                                    [r.to_dict() for r in failure.report.results]))  # fmt: skip
         raise
-    timings["ingest"] = time.monotonic() - started
     emit("step_started", step="aggregate")
-    started = time.monotonic()
-    aggregated = aggregate_task(settings, years)
-    timings["aggregate and publish"] = time.monotonic() - started
-    started = time.monotonic()
-    outputs = outputs_task(settings, aggregated.manifest)
-    timings["dashboard and extracts"] = time.monotonic() - started
+    aggregated = _timed(timings, "aggregate and publish", aggregate_task, settings, years)
+    outputs = _timed(timings, "dashboard and extracts", outputs_task, settings,
+                     aggregated.manifest)  # fmt: skip
     summary = RunSummary(
         lake=settings.lake,
         load_id=ingested.load_id,

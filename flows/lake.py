@@ -135,6 +135,20 @@ class Lake:
                 found.append(name)
         return sorted(found)
 
+    def current_files(self, folder: str) -> list[str]:
+        """The Parquet files of a committed folder's current version, relative to it.
+
+        On S3 the `_current.json` pointer is the truth (a listing may briefly see a commit in
+        progress); locally the swap is atomic, so the listing is.
+        """
+        if not self.is_local:
+            pointer = self.read_json(f"{folder}/{POINTER}")
+            if pointer is not None:
+                return sorted(name for name in pointer["files"] if name.endswith(".parquet"))
+        if not self.fs.exists(self.path(folder)):
+            return []
+        return self.files_below(folder, ".parquet")
+
     def replace_file(self, source: str, target: str) -> None:
         """Replace one file by another as a single step (rename locally, one copy on S3)."""
         if self.is_local:

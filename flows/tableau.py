@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flows.errors import PipelineError
-from flows.lake import POINTER, STAGING, Lake
+from flows.lake import STAGING, Lake
 
 if TYPE_CHECKING:
     from tableauhyperapi import HyperProcess, SqlType
@@ -114,19 +114,10 @@ def _write_extract(
     return {"rows": rows, "path": uri, "seconds": seconds}
 
 
-def current_files(lake: Lake, folder: str) -> list[str]:
-    """Parquet files of a folder's current version: the commit pointer on S3, else the listing."""
-    if not lake.is_local:
-        pointer = lake.read_json(f"{folder}/{POINTER}")
-        if pointer is not None:
-            return sorted(name for name in pointer["files"] if name.endswith(".parquet"))
-    return lake.files_below(folder, ".parquet")
-
-
 def _parquet_files(lake: Lake, table: str, scratch: Path) -> dict[str, Path]:
     """Local paths of the table's current files, downloaded to scratch when the lake is S3."""
     folder = f"gold/{table}"
-    names = current_files(lake, folder) if lake.fs.exists(lake.path(folder)) else []
+    names = lake.current_files(folder)
     if not names:
         raise HyperExtractError(
             f"gold table {table} has no Parquet file to extract; run the aggregate step first",
