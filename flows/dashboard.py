@@ -154,13 +154,21 @@ def gold_files(lake: Lake, table: str) -> dict[int, list[str]]:
 
 
 def gold_years(lake: Lake, table: str, columns: list[str]) -> Iterator[tuple[int, pa.Table]]:
-    """A gold table year by year, with the chosen columns."""
+    """A gold table year by year, with the chosen columns.
+
+    The generator keeps no reference to the year it yields, so a consumer that drops it
+    (e.g. after sorting) frees it before the next year is read.
+    """
     for year, files in gold_files(lake, table).items():
-        parts = []
-        for path in files:
-            with lake.fs.open(lake.path(path), "rb") as handle:
-                parts.append(pq.read_table(handle, columns=columns))
-        yield year, pa.concat_tables(parts)
+        yield year, _read_files(lake, files, columns)
+
+
+def _read_files(lake: Lake, files: list[str], columns: list[str]) -> pa.Table:
+    parts = []
+    for path in files:
+        with lake.fs.open(lake.path(path), "rb") as handle:
+            parts.append(pq.read_table(handle, columns=columns))
+    return pa.concat_tables(parts)
 
 
 def read_gold(lake: Lake, table: str, columns: list[str]) -> pa.Table | None:
