@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -28,6 +29,22 @@ class Column:
     min_value: float | None = None
     pattern: str | None = None
     allowed: tuple[str, ...] | None = None
+    width: int | None = None  # digits of a numeric code ('01': 2); restores zeros a number lost
+
+    def code_from_number(self, number: int) -> str | None:
+        """The code a number stands for at this column's width (1 -> '01'), or None.
+
+        A number with more digits than the width is kept only when its digits are already a
+        valid code of the column (overseas départements 971-976 have three).
+        """
+        if self.width is None or number < 0:
+            return None
+        digits = str(number)
+        if len(digits) <= self.width:
+            return digits.zfill(self.width)
+        if self.pattern and re.fullmatch(self.pattern, digits):
+            return digits
+        return None
 
 
 @dataclass(frozen=True)
@@ -108,7 +125,7 @@ _ORE_MEASURES = (
     _req("filiere", Kind.TEXT, nullable=False, allowed=FILIERES),
     _req("code_categorie_consommation", Kind.CODE, nullable=False),
     _req("code_grand_secteur", Kind.CODE, nullable=False),
-    _req("code_secteur_naf2", Kind.CODE),
+    _req("code_secteur_naf2", Kind.CODE, width=2),
     _req("nb_sites", Kind.INT, **NON_NEGATIVE),
     _req("conso_totale_mwh", Kind.FLOAT, **NON_NEGATIVE),
     _req("conso_moyenne_mwh", Kind.FLOAT, **NON_NEGATIVE),
@@ -185,13 +202,13 @@ DATASETS: dict[str, Dataset] = {
             partition_is_instant=False,
             columns=(
                 ANNEE,
-                _req("code_iris", Kind.CODE, pattern=CODE_IRIS),
+                _req("code_iris", Kind.CODE, pattern=CODE_IRIS, width=9),
                 _c("nom_iris", Kind.TEXT),
                 _req("numero_de_voie", Kind.TEXT),
                 _req("indice_de_repetition", Kind.TEXT),
                 _req("type_de_voie", Kind.TEXT),
                 _req("libelle_de_voie", Kind.TEXT),
-                _req("code_commune", Kind.CODE, nullable=False, pattern=CODE_COMMUNE),
+                _req("code_commune", Kind.CODE, nullable=False, pattern=CODE_COMMUNE, width=5),
                 _req("nom_commune", Kind.TEXT),
                 _c("segment_de_client", Kind.TEXT),
                 _req("nombre_de_logements", Kind.INT, **NON_NEGATIVE),
@@ -202,9 +219,9 @@ DATASETS: dict[str, Dataset] = {
                     **NON_NEGATIVE,
                 ),
                 _c("consommation_annuelle_moyenne_de_la_commune_mwh", Kind.FLOAT, **NON_NEGATIVE),
-                _c("code_epci", Kind.CODE),
-                _req("code_departement", Kind.CODE, pattern=CODE_DEPARTEMENT),
-                _req("code_region", Kind.CODE, pattern=CODE_REGION),
+                _c("code_epci", Kind.CODE, width=9),
+                _req("code_departement", Kind.CODE, pattern=CODE_DEPARTEMENT, width=2),
+                _req("code_region", Kind.CODE, pattern=CODE_REGION, width=2),
                 _c("adresse", Kind.TEXT),
                 _c("tri_des_adresses", Kind.TEXT),
             ),
@@ -232,14 +249,14 @@ DATASETS: dict[str, Dataset] = {
             "commune",
             "consommation-annuelle-d-electricite-et-gaz-par-commune",
             geography=(
-                _req("code_commune", Kind.CODE, nullable=False, pattern=CODE_COMMUNE),
+                _req("code_commune", Kind.CODE, nullable=False, pattern=CODE_COMMUNE, width=5),
                 _req("nom_commune", Kind.TEXT),
-                _c("code_epci", Kind.CODE),
+                _c("code_epci", Kind.CODE, width=9),
                 _c("nom_epci", Kind.TEXT),
                 _c("type_epci", Kind.TEXT),
-                _req("code_departement", Kind.CODE, pattern=CODE_DEPARTEMENT),
+                _req("code_departement", Kind.CODE, pattern=CODE_DEPARTEMENT, width=2),
                 _c("nom_departement", Kind.TEXT),
-                _req("code_region", Kind.CODE, pattern=CODE_REGION),
+                _req("code_region", Kind.CODE, pattern=CODE_REGION, width=2),
                 _c("nom_region", Kind.TEXT),
             ),
         ),
@@ -247,9 +264,11 @@ DATASETS: dict[str, Dataset] = {
             "departement",
             "consommation-annuelle-d-electricite-et-gaz-par-departement",
             geography=(
-                _req("code_departement", Kind.CODE, nullable=False, pattern=CODE_DEPARTEMENT),
+                _req(
+                    "code_departement", Kind.CODE, nullable=False, pattern=CODE_DEPARTEMENT, width=2
+                ),
                 _req("nom_departement", Kind.TEXT),
-                _req("code_region", Kind.CODE, pattern=CODE_REGION),
+                _req("code_region", Kind.CODE, pattern=CODE_REGION, width=2),
                 _req("nom_region", Kind.TEXT),
             ),
         ),
@@ -277,7 +296,7 @@ DATASETS: dict[str, Dataset] = {
             partition_is_instant=False,
             columns=(
                 ANNEE,
-                _req("code_insee_region", Kind.CODE, nullable=False, pattern=CODE_REGION),
+                _req("code_insee_region", Kind.CODE, nullable=False, pattern=CODE_REGION, width=2),
                 _req("region", Kind.TEXT),
                 *_ODRE_ANNUAL_MEASURES,
                 _c("geo_shape_region", Kind.TEXT),
@@ -306,7 +325,7 @@ DATASETS: dict[str, Dataset] = {
             partition_is_instant=True,
             columns=(
                 *_daily_measures(None),
-                _req("code_insee_region", Kind.CODE, nullable=False, pattern=CODE_REGION),
+                _req("code_insee_region", Kind.CODE, nullable=False, pattern=CODE_REGION, width=2),
                 _req("region", Kind.TEXT),
             ),
             natural_key=("date_heure", "code_insee_region"),

@@ -12,6 +12,16 @@ from typing import Any
 
 from flows.catalog import DATASETS
 
+# Prefect waits 20 s by default for its ephemeral API; a fresh PREFECT_HOME (database
+# migrations) on a busy 2-core machine took about 28 s here. A user's own setting wins.
+EPHEMERAL_STARTUP_TIMEOUT = "300"
+CHAOS_WINDOW_S = 2.0  # the demo's rate-limit windows (the real portals' are a minute)
+EPHEMERAL_HINT = (
+    "the temporary Prefect API did not start in time (busy machine?): set "
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS higher (now {timeout} s), or start a "
+    "server once with `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api"
+)
+
 
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -55,12 +65,25 @@ def _parser() -> argparse.ArgumentParser:
             continue
         sub.add_argument("--datasets", type=_names, help="comma list, default: all seven")
         sub.add_argument("--force", action="store_true", help="re-pull unchanged partitions")
+        if name == "demo":
+            sub.add_argument(
+                "--chaos",
+                type=int,
+                nargs="?",
+                const=1,
+                metavar="SEED",
+                help="serve the demo in conformance mode: random chunking down to 1 byte, gzip, "
+                "CRLF/LF, BOM, real-shaped 429s, integer-typed codes, multi-MB geo fields",
+            )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. Exit status: 0 success, 1 failure (one-line reason on stderr), 2 usage."""
     args = _parser().parse_args(argv)
+    os.environ.setdefault(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT
+    )
     from flows.settings import Settings
 
     overrides: dict[str, Any] = {"lake": args.lake} if args.lake else {}
@@ -88,7 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _print_summary(pipeline(args.datasets, args.years, args.force, settings))
     except Exception as exc:
-        print(f"energy-pipeline {args.command} failed: {_one_line(exc)}", file=sys.stderr)
+        reason = _one_line(exc)
+        if "ephemeral Prefect API" in reason:
+            timeout = os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]
+            reason = f"{EPHEMERAL_HINT.format(timeout=timeout)} ({reason[:300]})"
+        print(f"energy-pipeline {args.command} failed: {reason}", file=sys.stderr)
         return 1
     return 0
 
@@ -207,9 +234,21 @@ def _demo(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     overrides.setdefault("lake", os.environ.get("ENERGY_PIPELINE_DEMO_LAKE", "./lake-demo"))
     with PortalEmulator() as emulator:
         overrides |= {f"{portal}_url": url for portal, url in emulator.urls.items()}
+        if args.chaos is not None:
+            emulator.conformance(args.chaos, rate_window_s=CHAOS_WINDOW_S)
+            overrides.setdefault("rate_limit_window_s", CHAOS_WINDOW_S)
         settings = Settings(**overrides)
         summary = pipeline(args.datasets, args.years, args.force, settings)
+        stats = emulator.stats()
     _print_summary(summary)
+    if args.chaos is not None:
+        print(f"conformance mode, seed {args.chaos}:")
+        for portal, figures in stats.items():
+            print(
+                f"  {portal}: {figures['requests']} requests, {figures['status_429']} answered "
+                f"429, {figures['gzip']} gzipped, {figures['chunks']:,} chunks, "
+                f"{figures['bytes_sent']:,} bytes"
+            )
     return 0
 
 

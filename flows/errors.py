@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class PipelineError(Exception):
     """Base error with the context an operator needs to act."""
@@ -46,8 +48,35 @@ class TransientError(PipelineError):
     retry_after: float | None = None  # seconds the server asked us to wait
 
 
+class RateLimited(TransientError):
+    """A 429: the portal's rate limit or quota; waited out by the HTTP layer, not counted as
+    a failed attempt. `headers` and `body` keep what the portal said about when it resets."""
+
+    headers: Mapping[str, str] = {}
+    body: str = ""
+
+
 class PermanentError(PipelineError):
     """A failure no retry can fix: a bad request, a missing column, an unknown dataset."""
+
+
+class QuotaExhausted(PermanentError):
+    """A portal's quota is spent until later than the pipeline may wait (the rate-limit
+    patience): no retry, request- or partition-level, can help before it resets."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        portal: str,
+        reset_at: str | None = None,
+        unit: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.portal = portal
+        self.reset_at = reset_at  # ISO 8601 UTC instant the quota resets, as far as known
+        self.unit = unit  # the portal's limit_time_unit (minute, hour, day) when it said so
+        super().__init__(message, url=url)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -10,13 +10,14 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin
 
 import httpx
 import orjson
 
-from flows.errors import PermanentError, TransientError
+from flows.errors import PermanentError, QuotaExhausted, RateLimited, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,156 @@ class RetryPolicy:
 
 
 def _server_hint(response: httpx.Response) -> float | None:
-    retry_after = response.headers.get("Retry-After")
+    """Seconds the server asked us to wait (Retry-After, else X-RateLimit-Reset), if it said."""
+    hint = _header_hint(response.headers, time.time())
+    return None if hint is None else hint[0]
+
+
+def _header_hint(headers: Mapping[str, str], now: float) -> tuple[float, str] | None:
+    """(seconds to wait, which header said so) from Retry-After or X-RateLimit-Reset."""
+    retry_after = (headers.get("Retry-After") or "").strip()
     if retry_after:
-        if retry_after.strip().isdigit():
-            return float(retry_after)
-        parsed = email.utils.parsedate_to_datetime(retry_after)
+        seconds = _number(retry_after)
+        if seconds is not None:
+            return seconds, f"Retry-After: {retry_after}"
+        try:
+            parsed = email.utils.parsedate_to_datetime(retry_after)
+        except (TypeError, ValueError, IndexError):
+            parsed = None
         if parsed is not None:
-            return parsed.timestamp() - time.time()
-    reset = response.headers.get("X-RateLimit-Reset")
-    if reset and reset.strip().replace(".", "", 1).isdigit():
-        return float(reset) - time.time()
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            return parsed.timestamp() - now, f"Retry-After: {retry_after}"
+    reset = _number((headers.get("X-RateLimit-Reset") or "").strip())
+    if reset is not None:
+        if reset < 1e9:  # a delta in seconds, not an epoch: be lenient
+            return reset, f"X-RateLimit-Reset: {reset:g} s"
+        at = _epoch(reset)
+        return at - now, f"X-RateLimit-Reset {_iso(at)}"
     return None
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def _epoch(value: float) -> float:
+    """An epoch in seconds, also accepting milliseconds."""
+    return value / 1000 if value > 1e11 else value
+
+
+def parse_instant(value: object) -> datetime | None:
+    """A UTC instant from ISO 8601 ('Z' or an offset; no zone means UTC) or an epoch number."""
+    if isinstance(value, bool) or value is None:
+        return None
+    number = float(value) if isinstance(value, int | float) else None
+    if isinstance(value, str):
+        text = value.strip()
+        number = _number(text)
+        if number is None:
+            if text[-1:] in ("Z", "z"):
+                text = text[:-1] + "+00:00"
+            try:
+                parsed = datetime.fromisoformat(text)
+            except ValueError:
+                return None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            return parsed.astimezone(UTC)
+    if number is None:
+        return None
+    try:
+        return datetime.fromtimestamp(_epoch(number), UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _iso(instant: datetime | float) -> str:
+    if not isinstance(instant, datetime):
+        instant = datetime.fromtimestamp(instant, UTC)
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clock(instant: datetime, now: float) -> str:
+    """The time of day of a near instant, the full ISO instant of a far one."""
+    if abs(instant.timestamp() - now) < 12 * 3600:
+        return instant.astimezone(UTC).strftime("%H:%M:%SZ")
+    return _iso(instant)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+
+
+@dataclass(frozen=True)
+class RateLimitWait:
+    """How long to wait out one 429 and why; `reset_at` is when the quota resets, if known."""
+
+    seconds: float
+    why: str
+    reset_at: datetime | None = None
+    unit: str | None = None
+
+
+def plan_rate_limit_wait(
+    portal: str,
+    headers: Mapping[str, str],
+    body: str,
+    *,
+    window: float,
+    margin: float,
+    waits_so_far: int = 0,
+    now: float | None = None,
+) -> RateLimitWait:
+    """The wait a 429 asks for: a Retry-After or X-RateLimit-Reset header if any, else an
+    Opendatasoft body's `reset_time` (plus `margin`), else one rate-limit `window` (Data
+    Fair limits per minute and gives no hint)."""
+    now = time.time() if now is None else now
+    doc = _json_object(body) or {}
+    unit = doc.get("limit_time_unit")
+    unit = str(unit) if unit else None
+    quota = f"{portal} rate limit"
+    if doc.get("call_limit") is not None:
+        quota += f" (call_limit {doc['call_limit']} per {unit or '?'})"
+    elif unit:
+        quota += f" (per {unit})"
+    hint = _header_hint(headers, now)
+    if hint is not None and hint[0] > 0:
+        seconds, source = hint
+        reset_at = datetime.fromtimestamp(now + seconds, UTC)
+        return RateLimitWait(seconds, f"{quota}, {source}", reset_at, unit)
+    reset = parse_instant(doc.get("reset_time"))
+    if reset is not None:
+        ahead = reset.timestamp() - now
+        if ahead > 0:
+            return RateLimitWait(
+                ahead + margin, f"{quota} resets at {_clock(reset, now)}", reset, unit
+            )
+        # reset_time already past, yet still limited: clock skew or a lagging counter
+        seconds = min(window, max(margin, 0.1) * 2**waits_so_far)
+        why = f"{quota} reset at {_clock(reset, now)}, already past: backing off"
+        return RateLimitWait(seconds, why, None, unit)
+    why = f"{quota}, no reset time given: one {_seconds(window)} window"
+    return RateLimitWait(window, why, None, unit)
+
+
+def _quota_name(unit: str | None) -> str:
+    names = {"day": "daily", "hour": "hourly", "minute": "per-minute", "month": "monthly"}
+    if not unit:
+        return "rate-limit quota"
+    return f"{names.get(unit.lower(), 'per-' + unit)} quota"
+
+
+@dataclass
+class _RateLimitBudget:
+    """Rate-limit waits of one request: counted apart from its attempts, bounded by patience."""
+
+    waits: int = 0
+    waited: float = 0.0
 
 
 _PORTAL_SLOTS: dict[str, threading.BoundedSemaphore] = {}
@@ -91,10 +231,20 @@ class PortalHttp:
         concurrency: int,
         user_agent: str,
         sleep: Any = time.sleep,
+        rate_limit_window_s: float = 60.0,
+        rate_limit_patience_s: float = 900.0,
+        rate_limit_margin_s: float = 1.0,
     ) -> None:
+        """`policy` bounds attempts on server and transport errors; a 429 is waited out
+        apart from it: `rate_limit_window_s` when the portal gives no reset time, until its
+        reset (plus `rate_limit_margin_s`) otherwise, at most `rate_limit_patience_s` in all
+        for one request, beyond which the request fails with QuotaExhausted."""
         self.portal = portal
         self.base_url = base_url
         self.policy = policy
+        self.rate_limit_window_s = rate_limit_window_s
+        self.rate_limit_patience_s = rate_limit_patience_s
+        self.rate_limit_margin_s = rate_limit_margin_s
         self._slots = portal_slots(portal, concurrency)
         self._sleep = sleep
         self.client = httpx.Client(
@@ -118,29 +268,40 @@ class PortalHttp:
     def fetch_json(self, path: str, params: Params | None = None) -> tuple[Any, int]:
         """GET a JSON document and the size of its body in bytes."""
         url = self.url(path)
-        for attempt in range(1, self.policy.max_attempts + 1):
+        attempt = 0
+        limited = _RateLimitBudget()
+        while True:
             try:
                 with self._slots, self._send(url, params) as response:
                     body = response.read()
                 return _decode_json(body, url), response.num_bytes_downloaded
+            except RateLimited as exc:
+                self._wait_out_rate_limit(exc, limited)
             except TransientError as exc:
+                attempt += 1
                 self._wait_or_raise(attempt, exc)
-        raise AssertionError("unreachable")
 
     @contextmanager
     def stream(self, path: str, params: Params | None = None) -> Iterator[httpx.Response]:
         """Open a streamed GET once its status is good; failures after this are the caller's."""
         url = self.url(path)
-        for attempt in range(1, self.policy.max_attempts + 1):
+        attempt = 0
+        limited = _RateLimitBudget()
+        while True:
             opened = False
             try:
                 with self._slots, self._send(url, params) as response:
                     opened = True
                     yield response
                     return
+            except RateLimited as exc:
+                if opened:
+                    raise
+                self._wait_out_rate_limit(exc, limited)
             except TransientError as exc:
                 if opened:
                     raise
+                attempt += 1
                 self._wait_or_raise(attempt, exc)
 
     @contextmanager
@@ -154,8 +315,14 @@ class PortalHttp:
             raise TransientError(f"{type(exc).__name__}: {exc}", url=shown) from exc
         try:
             if response.status_code >= 400:
-                text = _error_text(response)
+                body = _body_text(response)
+                text = _render_error(body)
                 message = f"HTTP {response.status_code} from {self.portal}: {text}"
+                if response.status_code == 429:
+                    limited = RateLimited(message, url=shown)
+                    limited.headers = response.headers
+                    limited.body = body
+                    raise limited
                 if response.status_code not in RETRYABLE_STATUS:
                     raise PermanentError(message, url=shown)
                 error = TransientError(message, url=shown)
@@ -179,19 +346,106 @@ class PortalHttp:
         log.warning("retry %d/%d in %.1fs: %s", attempt, self.policy.max_attempts, wait, exc)
         self._sleep(wait)
 
+    def _wait_out_rate_limit(self, exc: RateLimited, budget: _RateLimitBudget) -> None:
+        """Sleep until the portal's limit resets, or fail when that passes the patience."""
+        now = time.time()
+        plan = plan_rate_limit_wait(
+            self.portal,
+            exc.headers,
+            exc.body,
+            window=self.rate_limit_window_s,
+            margin=self.rate_limit_margin_s,
+            waits_so_far=budget.waits,
+            now=now,
+        )
+        seconds = max(plan.seconds, 0.05)
+        patience = self.rate_limit_patience_s
+        if budget.waited + seconds > patience:
+            reset_at = plan.reset_at or datetime.fromtimestamp(now + seconds, UTC)
+            already = (
+                f" after {_seconds(budget.waited)} already waited in {budget.waits} wait(s)"
+                if budget.waits
+                else ""
+            )
+            said = _render_error(exc.body)
+            raise QuotaExhausted(
+                f"{_quota_name(plan.unit)} of {self.portal} spent until {_iso(reset_at)}: "
+                f"{plan.why}; waiting {_seconds(seconds)}{already} would pass the "
+                f"rate-limit patience of {_seconds(patience)} (HTTP 429: {said})",
+                portal=self.portal,
+                reset_at=_iso(reset_at),
+                unit=plan.unit,
+                url=exc.url,
+            ) from exc
+        budget.waits += 1
+        budget.waited += seconds
+        log.warning(
+            "HTTP 429 from %s at %s: %s: waiting %s (rate-limit wait %d, %s of %s patience used)"
+            " - portal said: %s",
+            self.portal,
+            exc.url,
+            plan.why,
+            _seconds(seconds),
+            budget.waits,
+            _seconds(budget.waited),
+            _seconds(patience),
+            _render_error(exc.body),
+        )
+        self._sleep(seconds)
+
+
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+def _body_text(response: httpx.Response) -> str:
+    """The start of an error body, decoded; "" when there is none or it cannot be read."""
+    data = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) >= _ERROR_BODY_LIMIT:
+                break
+    except (httpx.HTTPError, httpx.StreamError):
+        pass
+    try:
+        return bytes(data).decode(response.encoding or "utf-8", "replace")
+    except LookupError:
+        return bytes(data).decode("utf-8", "replace")
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _render_error(body: str) -> str:
+    """An error body made readable: the message of a JSON error (Opendatasoft `message` or
+    `error`, with its code and quota), or plain text (Data Fair) on one line."""
+    text = body.strip()
+    if not text:
+        return "(empty body)"
+    doc = _json_object(text)
+    if doc is None:
+        flat = " ".join(text.split())
+        return flat if len(flat) <= 500 else flat[:500] + "..."
+    message = doc.get("message") or doc.get("error") or doc.get("detail")
+    if not message:
+        return str(doc)[:500]
+    details = [
+        f"{key} {doc[key]}"
+        for key in ("error_code", "errorcode", "call_limit", "limit_time_unit", "reset_time")
+        if doc.get(key) not in (None, "")
+    ]
+    rendered = " ".join(str(message).split())
+    return f"{rendered} ({'; '.join(details)})" if details else rendered
+
 
 def _error_text(response: httpx.Response) -> str:
-    try:
-        body = response.read()[:500].decode("utf-8", "replace")
-    except httpx.HTTPError:
-        return "(no body)"
-    try:
-        doc = orjson.loads(body)
-        if isinstance(doc, dict):
-            return str(doc.get("message") or doc.get("error") or doc)
-    except orjson.JSONDecodeError:
-        pass
-    return body.strip() or "(empty body)"
+    """The readable error of a response (see `_render_error`)."""
+    return _render_error(_body_text(response))
 
 
 def _decode_json(body: bytes, url: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from flows.portals import client_for
 from flows.portals.base import PartitionInfo, PartitionStats, PortalClient
 from flows.settings import Settings
 from flows.spool import KeySpool, lake_schema
-from flows.validate import REASON, normalise, validate_chunk
+from flows.validate import REASON, CodeNotRestorable, normalise, restore_codes, validate_chunk
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,13 @@ class PartitionPlan:
     checksum: float | None
     source_fields: tuple[str, ...]
     metadata_url: str
+    source_types: tuple[tuple[str, str], ...] = ()  # (field, type) as the portal declares
+
+    @property
+    def declared_types(self) -> dict[str, str]:
+        """The portal's declared type per source field (ODS text/int/double/date...,
+        Data Fair string/integer/number...)."""
+        return dict(self.source_types)
 
     @property
     def label(self) -> str:
@@ -70,6 +78,7 @@ class PartitionResult:
     duration_s: float = 0.0
     extra_columns: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    codes_restored: dict[str, int] = field(default_factory=dict)  # column -> rows from numbers
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
@@ -107,6 +116,7 @@ def plan_dataset(
                 checksum=info.checksum if info else None,
                 source_fields=metadata.fields,
                 metadata_url=metadata.url,
+                source_types=tuple(sorted(metadata.types.items())),
             )
         )
     return plans
@@ -163,24 +173,50 @@ def _load(
     schema = lake_schema(dataset, extras)
     spool = KeySpool(schema, dataset.natural_key, expected, settings.spool_bucket_rows)
     quarantine: list[pd.DataFrame] = []
+    rules: Counter[str] = Counter()  # quarantined rows per failed rule
+    restored: Counter[str] = Counter()
+    declared = plan.declared_types
+    limit = _quarantine_limit(settings, expected)
+    seen = rejected = 0
     try:
         for frame in _rebatch(
             client.stream(dataset, plan.year, stats), settings.validation_chunk_rows
         ):
             _check_columns(dataset, frame, extras, stats.url)
+            try:
+                frame, fixed = restore_codes(dataset, frame, declared)
+            except CodeNotRestorable as exc:
+                raise PermanentError(str(exc), url=stats.url) from exc
+            restored.update(fixed)
             result = validate_chunk(dataset, plan.year, normalise(dataset, frame))
             spool.add(result.good)
+            seen += len(frame)
             if len(result.bad):
                 quarantine.append(result.bad)
+                rules.update(result.rules)
+                rejected += len(result.bad)
             del frame, result
             gc.collect()  # pandas frames hold reference cycles: keep memory flat per chunk
+            if rejected > limit:  # it can only grow: stop pulling a partition bound to fail
+                _reject(lake, plan, load_id, quarantine, rules, seen, expected, limit, stats.url)
         _check_complete(stats, expected)
         files, written, duplicates, written_bytes = _stage(
-            lake, dataset, plan.year, load_id, spool, quarantine
+            lake, dataset, plan.year, load_id, spool, quarantine, rules
         )
     finally:
         spool.close()
     quarantined = sum(len(q) for q in quarantine)
+    limit = _quarantine_limit(settings, stats.rows)
+    if quarantined > limit:
+        _reject(lake, plan, load_id, quarantine, rules, stats.rows, expected, limit, stats.url)
+    if restored:
+        log.warning(
+            "%s: code column(s) typed as numbers by the portal (declared %s); zeros restored "
+            "at their known width in %s",
+            plan.label,
+            {c: declared.get(c, "?") for c in restored},
+            dict(restored),
+        )
     pointer = {
         "load_id": load_id,
         "dataset": dataset.name,
@@ -216,6 +252,50 @@ def _load(
         duration_s=round(time.monotonic() - started, 3),
         extra_columns=extras,
         files=files,
+        codes_restored=dict(restored),
+    )
+
+
+def _quarantine_limit(settings: Settings, rows: int) -> int:
+    """Quarantined rows a partition of `rows` rows may have before it counts as systematic."""
+    return max(settings.quarantine_max_rows, int(settings.quarantine_max_share * rows))
+
+
+def _reject(
+    lake: Lake,
+    plan: PartitionPlan,
+    load_id: str,
+    quarantine: list[pd.DataFrame],
+    rules: Counter[str],
+    seen: int,
+    expected: int,
+    limit: int,
+    url: str,
+) -> None:
+    """Fail a partition whose rejections are systematic: nothing is committed.
+
+    The rejected rows are still written to quarantine/ under this load id, so the operator
+    can see what the portal served; quarantine files are never read as data.
+    """
+    quarantined = sum(len(q) for q in quarantine)
+    if quarantine:
+        _write_quarantine(lake, plan.dataset, plan.year, load_id, quarantine)
+    lake.clear_staging(plan.dataset, plan.year)
+    rule, count = rules.most_common(1)[0] if rules else ("unknown", quarantined)
+    if seen >= expected:
+        scope = f"{quarantined:,} of {seen:,} rows quarantined (limit {limit:,})"
+    else:
+        scope = (
+            f"{quarantined:,} of the first {seen:,} rows quarantined, transfer stopped "
+            f"(the portal counts {expected:,}; limit {limit:,})"
+        )
+    others = len(rules) - 1
+    raise PermanentError(
+        f"systematic rejection: {scope}; most common reason: {rule} ({count:,} rows)"
+        + (f" and {others} other reason(s)" if others > 0 else "")
+        + f"; nothing committed, rejected rows in quarantine/{plan.dataset}/"
+        f"annee={plan.year}/{load_id}.parquet",
+        url=url,
     )
 
 
@@ -289,6 +369,7 @@ def _stage(
     load_id: str,
     spool: KeySpool,
     quarantine: list[pd.DataFrame],
+    rules: Counter[str],
 ) -> tuple[list[str], int, int, int]:
     staged = lake.staging(dataset.name, year, load_id)
     lake.fs.makedirs(lake.path(staged), exist_ok=True)
@@ -298,11 +379,9 @@ def _stage(
     for number, bucket in enumerate(spool.resolve()):
         duplicates += bucket.exact_duplicates
         if len(bucket.conflicts):
-            quarantine.append(
-                bucket.conflicts.astype("str").assign(
-                    **{REASON: f"natural key ({key}) shared by rows with different values"}
-                )
-            )
+            reason = f"natural key ({key}) shared by rows with different values"
+            quarantine.append(bucket.conflicts.astype("str").assign(**{REASON: reason}))
+            rules[reason] += len(bucket.conflicts)
         if bucket.rows.num_rows == 0:
             continue
         name = f"part-{load_id}-{number:05d}.parquet"

@@ -32,6 +32,24 @@ class Settings(BaseSettings):
         description="Deployments: hold the global concurrency limit <prefix>-<portal> "
         "(odre, ore, enedis) while loading a partition, across every worker",
     )
+    rate_limit_window_s: float = Field(
+        60.0,
+        description="Data Fair limits per minute: a 429 without a hint waits this long "
+        "(at least one window) before the same request is tried again",
+    )
+    rate_limit_patience_s: float = Field(
+        900.0,
+        description="Longest wait for a portal's quota to reset (ODS reset_time); a quota "
+        "that resets later fails the partition with 'daily quota of <portal> spent until <time>'",
+    )
+    quarantine_max_share: float = Field(
+        0.001,
+        description="A partition whose quarantined rows pass this share of its rows (and "
+        "quarantine_max_rows) fails as a systematic rejection instead of committing",
+    )
+    quarantine_max_rows: int = Field(
+        5, description="Quarantined rows a partition may always have, whatever its size"
+    )
     partition_concurrency: int = 4
     partition_retries: int = 3
     datafair_page_size: int = 10_000

@@ -18,6 +18,8 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.emulator import PortalEmulator
 from flows.settings import Settings
 
+pytest_plugins = ["tests.emulator_http"]  # the emulator tests' `emu` and `client` fixtures
+
 TEST_OUTPUT = Path(os.environ.get("TEST_OUTPUT_DIR", "test-output"))
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +77,51 @@ def test_run_shows_progress_a_summary_and_where_the_dashboard_is(emulator, porta
     # Progress bars go to stderr, so stdout stays a clean report for scripts.
     assert "partitions" in captured.err and "2/2" in captured.err
     assert "Spark: gold tables" in captured.err
+
+
+def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user's shell: no test Prefect server, a fresh PREFECT_HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ENERGY_"))}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_LOGGING_LEVEL": "WARNING"}
+    return env | extra
+
+
+def test_prefect_api_that_cannot_start_gives_a_hint(tmp_path):
+    """A zero startup timeout stands for a machine too busy to start the ephemeral API."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "ingest", "--datasets", "nationale_annuelle",
+         "--lake", str(tmp_path / "lake"), "--no-progress"],
+        env=_cli_env(tmp_path, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    err = result.stderr.strip().splitlines()[-1]
+    assert err.startswith("energy-pipeline ingest failed: the temporary Prefect API")
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in err and "PREFECT_API_URL" in err
+    assert not (tmp_path / "lake" / "raw").exists()
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_demo_completes_on_a_machine_busy_with_two_cpu_bound_processes(tmp_path):
+    """Two busy loops take both cores; a fresh PREFECT_HOME has its database to create."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "demo", "--years", "2023",
+             "--lake", str(tmp_path / "lake"), "--no-progress"],
+            env=_cli_env(tmp_path, ENERGY_PIPELINE_SPARK_MASTER="local[2]"),
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"published to {tmp_path / 'lake'}/gold/" in result.stdout
+    gold = tmp_path / "lake" / "gold"
+    assert (gold / "conso_commune" / "_current.json").is_file()
+    print(f"demo under load: {elapsed:.0f} s")

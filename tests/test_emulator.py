@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -19,57 +18,21 @@ from flows.emulator import DATA_FAULTS, DATASETS, TRANSPORT_FAULTS, PortalEmulat
 from flows.emulator.daily import build_national_daily
 from flows.emulator.fixtures import sample_table
 from flows.emulator.synthetic import SyntheticAdresse
+from tests.emulator_http import (
+    ADRESSE,
+    COMMUNE,
+    DAILY,
+    DEPT,
+    DF,
+    NAT,
+    ODS,
+    REG,
+    odre,
+    ore,
+    walk_lines,
+)
 
-ODS = "/api/explore/v2.1/catalog/datasets"
-DF = "/data-fair/api/v1/datasets"
-DAILY = "consommation-quotidienne-brute"
-NAT = "consommation-annuelle-brute"
-REG = "consommation-annuelle-brute-regionale"
-COMMUNE = "consommation-annuelle-d-electricite-et-gaz-par-commune"
-DEPT = "consommation-annuelle-d-electricite-et-gaz-par-departement"
-ADRESSE = "consommation-annuelle-residentielle-par-adresse"
-
-
-@pytest.fixture(scope="module")
-def emu() -> Iterator[PortalEmulator]:
-    with PortalEmulator(years=(2022, 2023)) as emulator:
-        yield emulator
-
-
-@pytest.fixture(autouse=True)
-def _clean(emu: PortalEmulator) -> Iterator[None]:
-    emu.reset()
-    yield
-    emu.reset()
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as c:
-        yield c
-
-
-def odre(emu: PortalEmulator, path: str) -> str:
-    return emu.urls["odre"] + ODS + path
-
-
-def ore(emu: PortalEmulator, path: str) -> str:
-    return emu.urls["ore"] + DF + path
-
-
-def walk_lines(client: httpx.Client, url: str, params: dict) -> tuple[list[dict], list[dict]]:
-    """Follow `next` links; returns (rows, page payloads)."""
-    rows, pages = [], []
-    resp = client.get(url, params=params)
-    while True:
-        assert resp.status_code == 200, resp.text
-        payload = resp.json()
-        pages.append(payload)
-        rows.extend(payload["results"])
-        if "next" not in payload:
-            return rows, pages
-        resp = client.get(payload["next"])
-
+pytestmark = pytest.mark.usefixtures("clean_emu")  # no faults or modes left between tests
 
 # ------------------------------------------------------------------ fixtures
 
@@ -371,7 +334,14 @@ def test_large_synthetic_adresse_partition(client: httpx.Client) -> None:
 
 
 def test_status_faults(emu: PortalEmulator, client: httpx.Client) -> None:
-    assert set(TRANSPORT_FAULTS) == {"status", "reset", "truncate", "error_in_body", "slow"}
+    assert set(TRANSPORT_FAULTS) == {
+        "status",
+        "quota",
+        "reset",
+        "truncate",
+        "error_in_body",
+        "slow",
+    }
     emu.inject("status", dataset="nationale_annuelle", status=429, retry_after=2)
     quota = client.get(odre(emu, f"/{NAT}/records"))
     assert quota.status_code == 429 and quota.json()["error_code"]

@@ -6,6 +6,9 @@
         emu.inject("status", dataset="commune", request="lines", status=429, times=2)
         emu.data_fault("extra_column", "commune", 2023)
         emu.revise("nationale_annuelle", 2023, factor=1.1)
+        emu.conformance(3, rate_window_s=0.5, rate_limit_probability=0.03)  # seeded framing
+        emu.limits(requests_per_minute=600, bandwidth=500_000)  # published anonymous limits
+        emu.stats()         # per portal: requests, status_429, gzip, bytes_sent, regimes
 
 Independent of the rest of `flows`: it is the fake source the pipeline is tested against.
 """

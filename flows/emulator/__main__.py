@@ -23,6 +23,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--regional-daily-years", type=int, nargs="+", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--conformance",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="seeded conformance mode: random chunking, gzip, CRLF/BOM, 429 windows, typed codes",
+    )
+    parser.add_argument("--rate-window", type=float, default=60.0, help="429 window (s)")
+    parser.add_argument(
+        "--rate-limit-probability",
+        type=float,
+        default=0.03,
+        help="chance that a data request opens a 429 window (conformance mode)",
+    )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="emulate published limits: Data Fair requests/minute and a bandwidth throttle",
+    )
+    parser.add_argument("--requests-per-minute", type=int, default=600)
+    parser.add_argument("--bandwidth", type=float, default=500_000, help="bytes/s per portal")
     args = parser.parse_args(argv)
     emu = PortalEmulator(
         years=args.years,
@@ -31,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         regional_daily_years=args.regional_daily_years,
+        conformance=args.conformance,
+        rate_window_s=args.rate_window,
+        rate_limit_probability=args.rate_limit_probability,
+        limits=args.limits,
+        requests_per_minute=args.requests_per_minute or None,
+        bandwidth=args.bandwidth or None,
     )
     emu.start()
     stop = threading.Event()

@@ -23,6 +23,7 @@ from .synthetic import mix64
 
 PREFIX = "data-fair/api/v1/"
 MAX_SIZE = 10_000
+MAX_AGG_SIZE = 1000  # values_agg buckets: hard cap (larger agg_size values are clamped)
 TEXT = "text/plain; charset=utf-8"
 FILTER_SUFFIXES = (
     "_eq",
@@ -88,11 +89,25 @@ def route(cat: Catalog, portal: str, rest: str) -> Route | None:
     return None
 
 
+def int_codes(state: DatasetState) -> tuple[str, ...]:
+    """Code columns served as integers (conformance mode: Data Fair guessed the type)."""
+    conf = state.conformance
+    return tuple(conf.int_codes) if conf is not None else ()
+
+
+def _as_integers(values: pa.Array) -> pa.Array:
+    """`"01"` -> 1: what Data Fair stores when it typed a code column as integer."""
+    if pa.types.is_integer(values.type):
+        return values
+    return pc.cast(values, pa.int64())
+
+
 def schema(state: DatasetState) -> list[dict]:
     """Data Fair schema entries, calculated `_` fields included."""
     out = []
+    typed = int_codes(state)
     for f in state.fields():
-        typ, fmt = DATAFAIR_TYPES[f.kind]
+        typ, fmt = DATAFAIR_TYPES["int" if f.name in typed else f.kind]
         entry: dict = {"key": state.out_name(f.name), "type": typ}
         if fmt:
             entry["format"] = fmt
@@ -294,9 +309,19 @@ def _size(req: Request, default: int = 12) -> int:
 def _start(req: Request, size: int) -> int:
     after = req.get("after")
     if after is not None:
-        if not re.fullmatch(r"\d+", after):
+        # A JSON sort tuple as built by `_next_url`: [_i of the last row, "position"].
+        try:
+            cursor = orjson.loads(after)
+        except orjson.JSONDecodeError:
+            cursor = None
+        if (
+            not isinstance(cursor, list)
+            or not cursor
+            or not isinstance(cursor[-1], str)
+            or not cursor[-1].isdigit()
+        ):
             raise ApiError(400, f'Le paramètre "after" est invalide : "{after}".')
-        return int(after)
+        return int(cursor[-1])
     page = req.int_param("page", 1)
     if page < 1:
         raise ApiError(400, 'Le paramètre "page" doit être supérieur ou égal à 1.')
@@ -324,9 +349,10 @@ def _columns(state: DatasetState, sel: Selection, req: Request) -> list[Field]:
     return out
 
 
-def _next_url(state: DatasetState, portal: str, req: Request, stop: int) -> str:
+def _next_url(state: DatasetState, portal: str, req: Request, stop: int, last: int) -> str:
+    """Absolute `next` link with the internal id and a JSON sort-tuple `after` cursor."""
     params = [(k, v) for k, v in req.params if k not in ("after", "page")]
-    params.append(("after", str(stop)))
+    params.append(("after", orjson.dumps([last, str(stop)]).decode()))
     path = f"/{portal}/{PREFIX}datasets/{state.spec.internal_id}/lines"
     return f"http://{req.host}{path}?{urlencode(params)}"
 
@@ -341,10 +367,17 @@ def lines(cat: Catalog, state: DatasetState, portal: str, req: Request) -> Respo
     sel = selection(cat, state, req)
     fields = _columns(state, sel, req)
     stop = min(start + size, len(sel))
+    stop = max(start, stop)
     table, rownum = sel.slice(start, stop, [f.name for f in fields])
-    columns = [(state.out_name(f.name), f.kind) for f in fields]
-    more = stop < len(sel) and size > 0
-    next_url = _next_url(state, portal, req, stop) if more else None
+    typed = int_codes(state)
+    columns = [(state.out_name(f.name), "int" if f.name in typed else f.kind) for f in fields]
+    for i, f in enumerate(fields):
+        if f.name in typed:
+            table = table.set_column(i, f.name, _as_integers(table.column(i).combine_chunks()))
+    # A full page always gets a `next`, even the last one (then an empty page, no `next`).
+    more = size > 0 and stop - start == size
+    last = int(rownum[-1]) if len(rownum) else start
+    next_url = _next_url(state, portal, req, stop, last) if more else None
     if fmt == "csv":
         header = [f.title for f in fields]
         body = csv_bytes(table, columns, header=header, delimiter=",")
@@ -427,10 +460,14 @@ def values_agg(cat: Catalog, state: DatasetState, req: Request) -> Response:
     if req.get("metric"):
         metric, metric_field = _metric_params(state, req, "metric_field")
     agg_size = req.int_param("agg_size", 20)
-    if agg_size < 0 or agg_size > MAX_SIZE:
-        raise ApiError(400, f'Le paramètre "agg_size" doit être compris entre 0 et {MAX_SIZE}.')
+    if agg_size < 0:
+        raise ApiError(400, 'Le paramètre "agg_size" doit être positif.')
+    agg_size = min(agg_size, MAX_AGG_SIZE)
     sel = selection(cat, state, req)
-    columns = {"k": sel.column(name)}
+    keys = sel.column(name)
+    if name in int_codes(state):
+        keys = _as_integers(keys)
+    columns = {"k": keys}
     if metric_field is not None:
         columns["m"] = _numeric(sel.column(metric_field))
     table = pa.table(columns)

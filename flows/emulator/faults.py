@@ -12,7 +12,7 @@ import numpy as np
 from .specs import NUMERIC_KINDS
 from .store import DatasetState, Partition
 
-TRANSPORT_FAULTS = ("status", "reset", "truncate", "error_in_body", "slow")
+TRANSPORT_FAULTS = ("status", "quota", "reset", "truncate", "error_in_body", "slow")
 DATA_FAULTS = (
     "extra_column",
     "missing_column",
@@ -33,6 +33,8 @@ class TransportFault:
     # matching, None matches anything. status/retry_after serve `status`; fraction is the
     # share of the body (or of a stream's rows) sent before reset, truncate or error_in_body;
     # delay (before the response starts) and chunk_delay (between chunks) serve `slow`.
+    # `quota` is a 429 in the portal's real shape, without any hint header: on ODS a daily
+    # quota whose reset_time is `retry_after` seconds away, on Data Fair its French text.
 
     kind: str
     dataset: str | None = None

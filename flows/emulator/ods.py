@@ -19,8 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .conformance import GEO_FIELD, GEO_KEY
 from .odsql import (
+    BoolOp,
     Item,
+    Not,
     OdsqlError,
     Ref,
     Resolver,
@@ -101,19 +104,76 @@ def _gone() -> Response:
     return Response(410, "text/plain; charset=utf-8", text.encode())
 
 
+def declared_type(state: DatasetState, f: Field) -> str:
+    """The ODS type declared for a field (conformance mode may declare `annee` int or text)."""
+    conf = state.conformance
+    if conf is not None and conf.annee_type and f.name == "annee" and f.kind == "year":
+        return str(conf.annee_type)
+    return ODS_TYPES[f.kind]
+
+
+def _render_kind(state: DatasetState, f: Field) -> str:
+    """The kind used to print a field's values (a year declared `int` prints as a number)."""
+    if f.kind == "year" and declared_type(state, f) == "int":
+        return "int"
+    return f.kind
+
+
+def _check_year(state: DatasetState, refs: Sequence[Ref], where: str) -> None:
+    """year(field) needs a field declared date or datetime: 400 otherwise."""
+    fields = {f.name: f for f in state.fields()}
+    for ref in refs:
+        if ref.func != "year":
+            continue
+        base = state.base_name(ref.name)
+        if base is None or base not in fields:
+            continue
+        typ = declared_type(state, fields[base])
+        if typ not in ("date", "datetime"):
+            raise ApiError(
+                400,
+                f"ODSQL query is malformed: function year() expects a date or datetime "
+                f"argument but field {ref.name!r} is of type {typ} ({where}).",
+                "ODSQLError",
+            )
+
+
+def _where_refs(node: object) -> list[Ref]:
+    if isinstance(node, BoolOp):
+        return [r for item in node.items for r in _where_refs(item)]
+    if isinstance(node, Not):
+        return _where_refs(node.item)
+    ref = getattr(node, "ref", None)
+    return [ref] if isinstance(ref, Ref) else []
+
+
+def _patch_geo(state: DatasetState, table: pa.Table) -> pa.Table:
+    """Conformance mode: multi-MB geo_shape_region texts, chosen by region code."""
+    conf = state.conformance
+    if conf is None or not conf.geo or GEO_FIELD not in table.column_names:
+        return table
+    if GEO_KEY not in table.column_names:
+        return table
+    codes = table[GEO_KEY].to_pylist()
+    values = pa.array([conf.geo.get(str(c)) if c is not None else None for c in codes])
+    idx = table.column_names.index(GEO_FIELD)
+    return table.set_column(idx, GEO_FIELD, values)
+
+
 def field_meta(state: DatasetState, f: Field) -> dict:
     """One entry of the `fields` list."""
     annotations: dict = {}
+    declared = declared_type(state, f)
     if f.kind in ("text", "year", "date", "datetime"):
         annotations["facet"] = True
-    if f.kind == "year":
+    if f.kind == "year" and declared == "date":
         annotations["timeserie_precision"] = "year"
     if f.kind == "datetime":
         annotations["timeserie_precision"] = "minute"
     return {
         "name": state.out_name(f.name),
         "label": f.title,
-        "type": ODS_TYPES[f.kind],
+        "type": declared,
         "annotations": annotations,
         "description": None,
     }
@@ -196,6 +256,8 @@ def selection(
         return cached
     try:
         node = parse_where(where) if where.strip() else None
+        if node is not None:
+            _check_year(state, _where_refs(node), f"where={where}")
         for (name, _), _ in refines:
             if state.base_name(name) is None:
                 raise OdsqlError(f"Unknown field in refine: {name}")
@@ -266,12 +328,12 @@ def _sort_keys(state: DatasetState, items: list[Item]) -> list[tuple[str, bool]]
 
 
 def _project_table(
-    table: pa.Table, proj: list[tuple[Item, Field]], tz: str
+    table: pa.Table, proj: list[tuple[Item, Field]], tz: str, state: DatasetState | None = None
 ) -> tuple[pa.Table, list[tuple[str, str]]]:
     arrays, columns = [], []
     for item, field in proj:
         values = table[field.name].combine_chunks()
-        kind = field.kind
+        kind = field.kind if state is None else _render_kind(state, field)
         if item.ref.func == "year":
             values, kind = year_values(values, tz), "int"
         arrays.append(values)
@@ -287,6 +349,7 @@ def records(cat: Catalog, state: DatasetState, req: Request) -> Response:
     select = _items(req, "select")
     group = _items(req, "group_by")
     order = _items(req, "order_by", order=True)
+    _check_year(state, [i.ref for i in (*select, *group, *order)], "select/group_by/order_by")
     aggregated = bool(group) or any(i.ref.is_agg for i in select)
     if limit > MAX_LIMIT or limit < -1 or (limit == -1 and not group):
         raise ApiError(
@@ -311,8 +374,9 @@ def records(cat: Catalog, state: DatasetState, req: Request) -> Response:
         return Response(200, body=orjson.dumps(payload))
     sel = selection(cat, state, req, tz, _sort_keys(state, order))
     proj = _projection(state, sel, select)
-    table, _ = sel.slice(offset, offset + limit, list(dict.fromkeys(f.name for _, f in proj)))
-    table, columns = _project_table(table, proj, tz)
+    names = list(dict.fromkeys(f.name for _, f in proj))
+    table, _ = sel.slice(offset, offset + limit, _with_geo_key(state, names))
+    table, columns = _project_table(_patch_geo(state, table), proj, tz, state)
     objects = json_objects(table, columns, tz=tz)
     rendered = json_rows_buffer(objects)
     body = b"".join((b'{"total_count":%d,"results":[' % len(sel), rendered, b"]}"))
@@ -362,6 +426,8 @@ def aggregate(
         name = base(item.ref)
         values = sel.column(name)
         kind = kinds.get(name, "text")
+        if kind == "year" and state.spec.field(name) is not None:
+            kind = _render_kind(state, Field(name, kind))
         if item.ref.func == "year":
             values, kind = year_values(values, tz), "int"
         data[f"g{i}"] = values.to_pandas()
@@ -443,17 +509,18 @@ def export(cat: Catalog, state: DatasetState, req: Request, fmt: str) -> Respons
     if any(i.ref.is_agg for i in select) or req.get("group_by"):
         raise ApiError(400, "Aggregations are not supported by this emulator's exports.")
     order = _items(req, "order_by", order=True)
+    _check_year(state, [i.ref for i in select], "select")
     sel = selection(cat, state, req, tz, _sort_keys(state, order))
     limit = req.int_param("limit", -1)
     total = len(sel) if limit < 0 else min(limit, len(sel))
     proj = _projection(state, sel, select)
-    base_cols = list(dict.fromkeys(f.name for _, f in proj))
+    base_cols = _with_geo_key(state, list(dict.fromkeys(f.name for _, f in proj)))
     filename = state.spec.dataset_id
 
     def batches(size: int) -> Iterator[tuple[pa.Table, list[tuple[str, str]]]]:
         for start in range(0, total, size):
             table, _ = sel.slice(start, min(start + size, total), base_cols)
-            yield _project_table(table, proj, tz)
+            yield _project_table(_patch_geo(state, table), proj, tz, state)
 
     header = [item.alias for item, _ in proj]
     if fmt == "parquet":
@@ -461,12 +528,24 @@ def export(cat: Catalog, state: DatasetState, req: Request, fmt: str) -> Respons
     if fmt == "csv":
         delimiter = req.get("delimiter") or ";"
         bom = (req.get("with_bom") or "true").lower() != "false"
+        newline = "\n"
+        if state.conformance is not None:
+            line_end, bom = state.conformance.owner.csv_style()
+            newline = line_end.decode()
+        geo_as_text = state.conformance is not None and bool(state.conformance.geo)
 
         def csv_stream(size: int) -> Iterator[tuple[int, bytes]]:
-            head = csv_bytes(pa.table({}), [], header=header, delimiter=delimiter)
+            head = csv_bytes(pa.table({}), [], header=header, delimiter=delimiter, newline=newline)
             yield 0, (BOM if bom else b"") + head
             for table, columns in batches(size):
-                data = csv_bytes(table, columns, header=None, delimiter=delimiter, tz=tz)
+                if geo_as_text:
+                    columns = [
+                        (name, "text" if item.ref.name == GEO_FIELD else kind)
+                        for (name, kind), (item, _) in zip(columns, proj, strict=True)
+                    ]
+                data = csv_bytes(
+                    table, columns, header=None, delimiter=delimiter, tz=tz, newline=newline
+                )
                 yield table.num_rows, data
 
         return Response(
@@ -508,6 +587,14 @@ def export(cat: Catalog, state: DatasetState, req: Request, fmt: str) -> Respons
         total_rows=total,
         error_tail=tail,
     )
+
+
+def _with_geo_key(state: DatasetState, names: list[str]) -> list[str]:
+    """Add the region code to the columns read when geo texts are patched by region."""
+    conf = state.conformance
+    if conf is not None and conf.geo and GEO_FIELD in names and GEO_KEY not in names:
+        return [*names, GEO_KEY]
+    return names
 
 
 Batches = Callable[[int], Iterator[tuple[pa.Table, list[tuple[str, str]]]]]

@@ -180,11 +180,12 @@ def csv_bytes(
     header: Sequence[str] | None,
     delimiter: str = ";",
     tz: str = "UTC",
+    newline: str = "\n",
 ) -> bytes:
     """CSV text of a table (header row only when `header` is given), minimal quoting."""
     out = b""
     if header is not None:
-        out = (delimiter.join(_csv_cell(h, delimiter) for h in header) + "\n").encode()
+        out = (delimiter.join(_csv_cell(h, delimiter) for h in header) + newline).encode()
     if not columns or table.num_rows == 0:
         return out
     cells = [
@@ -192,4 +193,4 @@ def csv_bytes(
         for i, (_, kind) in enumerate(columns)
     ]
     lines = pc.binary_join_element_wise(*cells, delimiter) if len(cells) > 1 else cells[0]
-    return out + "\n".join(lines.to_pylist()).encode() + b"\n"
+    return out + newline.join(lines.to_pylist()).encode() + newline.encode()

@@ -16,6 +16,7 @@ import orjson
 import pandas as pd
 
 from . import datafair, ods
+from .conformance import Conformance, Framing, Limits, Stats, rate_limited
 from .faults import DATA_FAULTS, FaultBoard, TransportFault, apply_data_fault
 from .fixtures import DEFAULT_YEARS, partition_sources, served_frame
 from .protocol import ApiError, Request, Response, Route
@@ -68,6 +69,12 @@ class PortalEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         regional_daily_years: Sequence[int] | None = None,
+        conformance: int | None = None,
+        rate_window_s: float = 60.0,
+        rate_limit_probability: float = 0.03,
+        limits: bool = False,
+        requests_per_minute: int | None = 600,
+        bandwidth: float | None = 500_000,
     ) -> None:
         self.years = tuple(sorted(set(years)))
         if isinstance(adresse_rows, int):
@@ -89,6 +96,17 @@ class PortalEmulator:
         self._host, self._port = host, port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._conformance: Conformance | None = None
+        self._limits: Limits | None = None
+        self._stats = Stats()
+        if conformance is not None:
+            self.conformance(
+                conformance,
+                rate_window_s=rate_window_s,
+                rate_limit_probability=rate_limit_probability,
+            )
+        if limits:
+            self.limits(requests_per_minute=requests_per_minute, bandwidth=bandwidth)
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> PortalEmulator:
@@ -305,13 +323,101 @@ class PortalEmulator:
                         )
 
     def reset(self) -> None:
-        """Back to the initial state: no faults, fixture data and signals, empty log."""
+        """Back to the initial state: no faults, no conformance mode, no limits, fixture data
+        and signals, empty log and statistics."""
         self._faults.clear()
+        self.conformance_off()
+        self._limits = None
         with self._lock:
             for state in self._states.values():
                 state.reset()
         self.cache.clear()
         self.clear_requests()
+        self._stats.clear()
+
+    # ----------------------------------------------------------------- conformance, limits
+    def conformance(
+        self,
+        seed: int,
+        *,
+        rate_window_s: float = 60.0,
+        rate_limit_probability: float = 0.03,
+        gzip_probability: float = 0.5,
+        geo_bytes: tuple[int, int] = (1_000_000, 3_000_000),
+    ) -> dict[str, Any]:
+        """Turn on seeded conformance mode (see `conformance.py`); returns the choices made."""
+        conf = Conformance(
+            seed,
+            rate_window_s=rate_window_s,
+            rate_limit_probability=rate_limit_probability,
+            gzip_probability=gzip_probability,
+            geo_bytes=(int(geo_bytes[0]), int(geo_bytes[1])),
+        )
+        with self._lock:
+            for state in self._states.values():
+                state.conformance = conf.dataset_choices(state)
+                state.version += 1
+            self._conformance = conf
+        self.cache.clear()
+        return self.conformance_info()
+
+    def conformance_off(self) -> None:
+        """Back to clean framing and representation."""
+        with self._lock:
+            self._conformance = None
+            for state in self._states.values():
+                if state.conformance is not None:
+                    state.conformance = None
+                    state.version += 1
+
+    def conformance_info(self) -> dict[str, Any] | None:
+        """Settings and per-dataset choices of conformance mode (None when off)."""
+        conf = self._conformance
+        if conf is None:
+            return None
+        datasets = {
+            short: state.conformance.describe()
+            for short, state in self._states.items()
+            if state.conformance is not None
+        }
+        return {**conf.describe(), "datasets": datasets}
+
+    def limits(
+        self,
+        *,
+        requests_per_minute: int | None = 600,
+        bandwidth: float | None = 500_000,
+        window_s: float = 60.0,
+        request_portals: Sequence[str] = ("ore", "enedis"),
+        bandwidth_portals: Sequence[str] = PORTALS,
+    ) -> dict[str, Any]:
+        """Emulate published limits: Data Fair requests per `window_s` (429 in the real shape
+        when exceeded) and a bandwidth throttle in bytes/s per portal; None disables one."""
+        self._limits = Limits(
+            requests_per_minute=requests_per_minute,
+            bandwidth=bandwidth,
+            window_s=window_s,
+            request_portals=tuple(request_portals),
+            bandwidth_portals=tuple(bandwidth_portals),
+        )
+        return self._limits.describe()
+
+    def limits_off(self) -> None:
+        """No request limit, no throttle."""
+        self._limits = None
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per-portal statistics: requests, status_429, rate_windows, gzip, bytes_sent, chunks,
+        regimes (plain/tiny/medium/large answers), throttle_wait_s."""
+        out = self._stats.snapshot()
+        if self._limits is not None:
+            for portal, throttle in self._limits.throttles.items():
+                out[portal]["throttle_wait_s"] = round(throttle.waited, 3)
+        return out
+
+    def clear_stats(self) -> None:
+        """Zero the statistics."""
+        self._stats.clear()
 
     # ----------------------------------------------------------------- request log
     @property
@@ -373,6 +479,32 @@ class PortalEmulator:
                 return _json(200, {"ok": True})
             if path == "/_emulator/info" and req.method == "GET":
                 return _json(200, self._info())
+            if path == "/_emulator/conformance" and req.method == "GET":
+                return _json(200, self.conformance_info())
+            if path == "/_emulator/conformance" and req.method == "POST":
+                body = orjson.loads(req.body or b"{}")
+                seed = body.pop("seed")
+                if seed is None:
+                    self.conformance_off()
+                    return _json(200, None)
+                if "geo_bytes" in body:
+                    body["geo_bytes"] = tuple(body["geo_bytes"])
+                return _json(200, self.conformance(int(seed), **body))
+            if path == "/_emulator/conformance" and req.method == "DELETE":
+                self.conformance_off()
+                return _json(200, {"ok": True})
+            if path == "/_emulator/limits" and req.method == "GET":
+                return _json(200, self._limits.describe() if self._limits else None)
+            if path == "/_emulator/limits" and req.method == "POST":
+                return _json(200, self.limits(**orjson.loads(req.body or b"{}")))
+            if path == "/_emulator/limits" and req.method == "DELETE":
+                self.limits_off()
+                return _json(200, {"ok": True})
+            if path == "/_emulator/stats" and req.method == "GET":
+                return _json(200, self.stats())
+            if path == "/_emulator/stats" and req.method == "DELETE":
+                self.clear_stats()
+                return _json(200, {"ok": True})
         except (ValueError, KeyError, TypeError) as exc:
             return _json(400, {"error": str(exc)})
         return _json(404, {"error": f"unknown admin endpoint {req.method} {path}"})
@@ -407,10 +539,11 @@ class PortalEmulator:
         route = self._route(req, segments[1] if len(segments) > 1 else "")
         kind = route.kind if route else "unknown"
         dataset = route.dataset if route else None
-        fault = self._faults.take(dataset, kind) if route else None
+        limited = self._rate_limit(portal, kind) if portal in PORTALS else None
+        fault = self._faults.take(dataset, kind) if route and limited is None else None
         if fault is not None and fault.kind == "slow" and fault.delay > 0:
             time.sleep(fault.delay)
-        resp = self._respond(req, route, fault)
+        resp = limited if limited is not None else self._respond(req, route, fault)
         # Logged before the body is written, so a client that saw the response sees the entry.
         self._record(
             {
@@ -421,11 +554,58 @@ class PortalEmulator:
                 "kind": kind,
                 "dataset": dataset,
                 "status": resp.status,
-                "fault": fault.kind if fault else None,
+                "fault": fault.kind if fault else ("rate_limit" if limited else None),
                 "time": time.time(),
             }
         )
-        send(handler, resp, fault)
+        framing = self._framing(handler, portal, resp)
+        stats = self._stats
+        if portal in PORTALS:
+            stats.add(portal, "requests")
+            if resp.status == 429:
+                stats.add(portal, "status_429")
+            stats.regime(portal, framing.regime if framing else None)
+            if framing is not None and framing.gzip:
+                stats.add(portal, "gzip")
+            if resp.stream is None and (framing is None or not framing.active):
+                stats.add(portal, "bytes_sent", len(resp.body))
+
+        def count(n: int) -> None:
+            stats.add(portal, "bytes_sent", n)
+            stats.add(portal, "chunks")
+
+        send(handler, resp, fault, framing, count if portal in PORTALS else None)
+
+    def _rate_limit(self, portal: str, kind: str) -> Response | None:
+        """The portal's real 429 when a conformance window or the request limit applies."""
+        now = time.time()
+        conf = self._conformance
+        if conf is not None:
+            end, opened = conf.rate_check(portal, kind, now)
+            if opened:
+                self._stats.add(portal, "rate_windows")
+            if end is not None:
+                return rate_limited(portal, end)
+        limits = self._limits
+        if limits is not None:
+            end = limits.admit(portal, now)
+            if end is not None:
+                return rate_limited(portal, end, limits.requests_per_minute or 1000)
+        return None
+
+    def _framing(self, handler: _Handler, portal: str, resp: Response) -> Framing | None:
+        if portal not in PORTALS:
+            return None
+        conf, limits = self._conformance, self._limits
+        framing: Framing | None = None
+        if conf is not None:
+            accept = handler.headers.get("Accept-Encoding") or ""
+            small = resp.stream is not None or len(resp.body) < 64 * 1024
+            framing = conf.framing("gzip" in accept.lower(), small)
+        if limits is not None and limits.throttle(portal) is not None:
+            framing = framing or Framing()
+            framing.throttle = limits.throttle(portal)
+        return framing
 
     def _route(self, req: Request, rest: str) -> Route | None:
         if req.portal == "odre":
@@ -444,6 +624,10 @@ class PortalEmulator:
             return self._error(req.portal, 404, f"Ressource introuvable : {req.path}", "NotFound")
         if fault is not None and fault.kind == "status":
             return self._status_fault(req.portal, fault)
+        if fault is not None and fault.kind == "quota":
+            return rate_limited(
+                req.portal, time.time() + fault.retry_after, unit="day", call_limit=5000
+            )
         if req.method != "GET":
             return self._error(req.portal, 405, "Méthode non autorisée", "MethodNotAllowed")
         try:

@@ -156,6 +156,8 @@ class DatasetState:
         self.modified = signal
         self.natran = False
         self.version = 0
+        # Seeded representation choices of conformance mode (conformance.DatasetConformance).
+        self.conformance: Any = None
 
     def reset(self) -> None:
         """Back to the fixture data, signals and naming."""

@@ -8,8 +8,10 @@ import struct
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 
+from .conformance import BodyWriter, Framing
 from .faults import TransportFault
 from .protocol import Response
 
@@ -21,15 +23,32 @@ class Aborted(Exception):
     """The connection was deliberately broken mid-response."""
 
 
-def send(handler: BaseHTTPRequestHandler, resp: Response, fault: TransportFault | None) -> None:
-    """Write `resp` (status, headers, body or chunked stream), applying `fault` if any."""
+def send(
+    handler: BaseHTTPRequestHandler,
+    resp: Response,
+    fault: TransportFault | None,
+    framing: Framing | None = None,
+    count: Callable[[int], None] | None = None,
+) -> None:
+    """Write `resp` (status, headers, body or chunked stream), applying `fault` if any.
+
+    `framing` (conformance mode, limits) sends the body chunked with random chunk sizes,
+    gzip and/or a bandwidth throttle; `count` is told the bytes of each chunk sent.
+    """
     try:
         handler.send_response(resp.status)
         handler.send_header("Content-Type", resp.content_type)
         for key, value in resp.headers:
             handler.send_header(key, value)
+        if framing is not None and not framing.active:
+            framing = None
+        if framing is not None and framing.regime is not None:
+            with contextlib.suppress(OSError):
+                handler.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if resp.stream is not None:
-            _send_stream(handler, resp, fault)
+            _send_stream(handler, resp, fault, framing, count)
+        elif framing is not None and (fault is None or fault.kind not in ("reset", "truncate")):
+            _send_framed_body(handler, resp, framing, count)
         else:
             _send_body(handler, resp, fault)
     except (Aborted, ConnectionError, TimeoutError):
@@ -55,12 +74,34 @@ def _send_body(
     handler.wfile.write(body)
 
 
-def _send_stream(
-    handler: BaseHTTPRequestHandler, resp: Response, fault: TransportFault | None
+def _send_framed_body(
+    handler: BaseHTTPRequestHandler,
+    resp: Response,
+    framing: Framing,
+    count: Callable[[int], None] | None,
 ) -> None:
-    assert resp.stream is not None
+    if framing.gzip:
+        handler.send_header("Content-Encoding", "gzip")
     handler.send_header("Transfer-Encoding", "chunked")
     handler.end_headers()
+    writer = BodyWriter(handler.wfile, framing, count)
+    writer.write(resp.body)
+    writer.finish()
+
+
+def _send_stream(
+    handler: BaseHTTPRequestHandler,
+    resp: Response,
+    fault: TransportFault | None,
+    framing: Framing | None = None,
+    count: Callable[[int], None] | None = None,
+) -> None:
+    assert resp.stream is not None
+    if framing is not None and framing.gzip:
+        handler.send_header("Content-Encoding", "gzip")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    writer = BodyWriter(handler.wfile, framing, count)
     total = resp.total_rows
     breaking = fault if fault is not None and fault.kind in BREAKING else None
     limit, batch = None, STREAM_BATCH
@@ -71,17 +112,18 @@ def _send_stream(
     sent = 0
     for rows, data in resp.stream(batch):
         if data:
-            handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            writer.write(data)
         sent += rows
         if chunk_delay:
             time.sleep(chunk_delay)
         if breaking is not None and limit is not None and sent >= limit and (rows or not total):
             if breaking.kind == "error_in_body" and resp.error_tail is not None:
-                tail = resp.error_tail(sent, breaking.message)
-                handler.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail))
+                writer.write(resp.error_tail(sent, breaking.message))
+                writer.finish()
                 return
+            writer.flush_partial()
             _break(handler, breaking.kind)
-    handler.wfile.write(b"0\r\n\r\n")
+    writer.finish()
 
 
 def _break(handler: BaseHTTPRequestHandler, how: str) -> None:

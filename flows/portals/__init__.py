@@ -34,5 +34,7 @@ def client_for(dataset: Dataset, settings: Settings) -> PortalClient:
         read_timeout=settings.http_read_timeout,
         concurrency=settings.portal_concurrency,
         user_agent=settings.user_agent,
+        rate_limit_window_s=settings.rate_limit_window_s,
+        rate_limit_patience_s=settings.rate_limit_patience_s,
     )
     return _PROTOCOLS[dataset.protocol](http, page_size=settings.datafair_page_size)

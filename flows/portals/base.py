@@ -18,6 +18,7 @@ class SourceMetadata:
     signal: str  # when the data last changed at the source
     fields: tuple[str, ...]  # source column names, as declared
     url: str
+    types: dict[str, str] = field(default_factory=dict)  # declared type per source field
 
 
 @dataclass(frozen=True)
