@@ -176,6 +176,17 @@ def concurrency_limits(config: BootstrapConfig) -> dict[str, str]:
     return done
 
 
+def _unordered(value: Any) -> Any:
+    """A dump where lists of strings are sorted: a trigger's `expect` is a set, which dumps in
+    the process's hash order, so the same automation would otherwise look changed."""
+    if isinstance(value, dict):
+        return {k: _unordered(v) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [_unordered(v) for v in value]
+        return sorted(items) if all(isinstance(v, str) for v in items) else items
+    return value
+
+
 def _upsert_automation(wanted: Automation) -> str:
     try:
         existing = Automation.read(name=wanted.name)
@@ -183,8 +194,8 @@ def _upsert_automation(wanted: Automation) -> str:
         wanted.create()
         return "created"
     keep = {"id", "created", "updated", "tags", "owner_resource"}
-    if existing.model_dump(mode="json", exclude=keep) == wanted.model_dump(
-        mode="json", exclude=keep
+    if _unordered(existing.model_dump(mode="json", exclude=keep)) == _unordered(
+        wanted.model_dump(mode="json", exclude=keep)
     ):
         return "unchanged"
     wanted.id = existing.id

@@ -146,6 +146,7 @@ def load_partition(
     """Download, validate and commit one partition; raises and commits nothing on failure."""
     dataset = get_dataset(plan.dataset)
     client = client_for(dataset, settings)
+    client.declare(dataset, plan.declared_types)
     started = time.monotonic()
     stats = PartitionStats()
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from flows.flow import ingest
@@ -80,3 +81,27 @@ def test_changed_signal_pulls_odre_dataset_again(emulator, settings):
         served["consommation_brute_totale"].iloc[0]
     )
     assert counts_by_year(Path(settings.lake), "nationale_annuelle")[2021] == 1
+
+
+def test_revision_fingerprint_is_exact_past_the_values_agg_cap(emulator, settings):
+    """Data Fair returns at most N buckets (1000 for real); the rest is only `total_other`."""
+    from flows.catalog import get_dataset
+    from flows.portals import client_for
+
+    emulator.agg_cap = 1  # one bucket per answer: every other year is beyond the cap
+    dataset = get_dataset("commune")
+    client = client_for(dataset, settings)
+    try:
+        found = client.partitions(dataset, client.metadata(dataset))
+    finally:
+        client.close()
+
+    years = emulator.years_of("commune")
+    assert sorted(found) == years
+    for year in years:
+        table = emulator.table("commune", year)
+        assert found[year].count == len(table)
+        expected = pd.to_numeric(table["conso_totale_mwh"], errors="coerce").sum()
+        assert found[year].checksum == pytest.approx(expected, rel=1e-9)
+    aggs = [r for r in emulator.requests if r["dataset"] == "commune" and r["kind"] == "agg"]
+    assert len(aggs) > 1  # the year range was split until nothing was left out

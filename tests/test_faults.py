@@ -168,3 +168,16 @@ def test_missing_column_in_an_ods_export_fails_the_partition(emulator, settings)
 
     assert "consommation_brute_electricite_rte" in str(failure.value)
     assert "regionale_annuelle/annee=2023" in str(failure.value)
+
+
+def test_a_400_on_the_year_filter_names_dataset_field_and_query(emulator, settings):
+    emulator.inject("status", dataset="regionale_annuelle", request="records", status=400,
+                    times=None)  # fmt: skip
+
+    with pytest.raises(IngestFailed) as failure:
+        ingest(["regionale_annuelle"], [2023], settings=settings)
+
+    message = str(failure.value)
+    assert "regionale_annuelle: the portal rejected the year filter on field 'annee'" in message
+    assert "(declared date)" in message and "group_by=year(annee) as y" in message
+    assert "HTTP 400" in message

@@ -34,7 +34,7 @@ DF = get_dataset("commune")
 ODS_PATH = f"/api/explore/v2.1/catalog/datasets/{ODS.source_id}"
 DF_PATH = f"/data-fair/api/v1/datasets/{DF.source_id}"
 PROPERTY = settings(
-    max_examples=int(__import__("os").environ.get("READER_EXAMPLES", "120")),
+    max_examples=int(__import__("os").environ.get("READER_EXAMPLES", "50")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

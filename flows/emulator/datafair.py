@@ -256,7 +256,9 @@ def selection(cat: Catalog, state: DatasetState, req: Request) -> Selection:
         if not filters and not groups:
             return None
         if part.num_rows and not groups and {f[0] for f in filters} <= part.constant_columns():
-            probe = part.take(np.zeros(1, dtype=np.int64), [f[0] for f in filters])
+            probe = part.take(
+                np.zeros(1, dtype=np.int64), list(dict.fromkeys(f[0] for f in filters))
+            )
             return all(
                 bool(_value_mask(probe[name].combine_chunks(), kinds[name], op, raw)[0])
                 for name, op, raw in filters
@@ -462,7 +464,7 @@ def values_agg(cat: Catalog, state: DatasetState, req: Request) -> Response:
     agg_size = req.int_param("agg_size", 20)
     if agg_size < 0:
         raise ApiError(400, 'Le paramètre "agg_size" doit être positif.')
-    agg_size = min(agg_size, MAX_AGG_SIZE)
+    agg_size = min(agg_size, getattr(cat, "agg_cap", MAX_AGG_SIZE))
     sel = selection(cat, state, req)
     keys = sel.column(name)
     if name in int_codes(state):

@@ -77,6 +77,8 @@ class PortalEmulator:
         bandwidth: float | None = 500_000,
     ) -> None:
         self.years = tuple(sorted(set(years)))
+        # values_agg buckets returned at most (Data Fair: 1000); tests lower it to reach the cap
+        self.agg_cap = datafair.MAX_AGG_SIZE
         if isinstance(adresse_rows, int):
             adresse_rows = {self.years[-1]: adresse_rows}
         sources = partition_sources(
@@ -328,6 +330,7 @@ class PortalEmulator:
         self._faults.clear()
         self.conformance_off()
         self._limits = None
+        self.agg_cap = datafair.MAX_AGG_SIZE
         with self._lock:
             for state in self._states.values():
                 state.reset()

@@ -56,5 +56,8 @@ class PortalClient(Protocol):
     def stream(self, dataset: Dataset, year: int, stats: PartitionStats) -> Iterator[pd.DataFrame]:
         """The partition's rows as raw frames (source names, values as received)."""
 
+    def declare(self, dataset: Dataset, types: dict[str, str]) -> None:
+        """Tell the client the field types the plan already read, sparing a metadata call."""
+
     def close(self) -> None:
         """Release connections."""

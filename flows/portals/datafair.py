@@ -29,6 +29,9 @@ class DataFairClient:
         """Release connections."""
         self.http.close()
 
+    def declare(self, dataset: Dataset, types: dict[str, str]) -> None:
+        """Nothing to remember: Data Fair's filters do not depend on the declared types."""
+
     def metadata(self, dataset: Dataset) -> SourceMetadata:
         """Schema keys and `dataUpdatedAt` (or `finalizedAt`), the data change signal."""
         path = f"{API}/{dataset.source_id}"

@@ -31,6 +31,11 @@ class OpendatasoftClient:
         """Release connections."""
         self.http.close()
 
+    def declare(self, dataset: Dataset, types: dict[str, str]) -> None:
+        """The declared field types, as the plan read them: the year filter depends on them."""
+        if types:
+            self._types[dataset.source_id] = dict(types)
+
     def metadata(self, dataset: Dataset) -> SourceMetadata:
         """Fields and `data_processed`, the time the data last changed."""
         path = f"{API}/{dataset.source_id}"
