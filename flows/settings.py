@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     partition_concurrency: int = 4
     partition_retries: int = 3
     datafair_page_size: int = 10_000
-    validation_chunk_rows: int = 50_000
+    validation_chunk_rows: int = 100_000
     spool_bucket_rows: int = 100_000
     spark_timeout_s: float = 3600.0
     spark_driver_memory: str = "2g"

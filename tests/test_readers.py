@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -34,7 +35,7 @@ DF = get_dataset("commune")
 ODS_PATH = f"/api/explore/v2.1/catalog/datasets/{ODS.source_id}"
 DF_PATH = f"/data-fair/api/v1/datasets/{DF.source_id}"
 PROPERTY = settings(
-    max_examples=int(__import__("os").environ.get("READER_EXAMPLES", "50")),
+    max_examples=int(os.environ.get("READER_EXAMPLES", "50")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
