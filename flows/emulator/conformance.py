@@ -239,7 +239,7 @@ class Conformance:
         self.rate_window_s = float(rate_window_s)
         self.rate_limit_probability = float(rate_limit_probability)
         self.gzip_probability = float(gzip_probability)
-        self.geo_bytes = geo_bytes
+        self.geo_bytes = (int(geo_bytes[0]), int(geo_bytes[1]))
         self.rng = random.Random(self.seed)
         self._lock = threading.Lock()
         self._windows: dict[str, float] = {}

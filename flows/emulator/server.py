@@ -339,23 +339,11 @@ class PortalEmulator:
         self._stats.clear()
 
     # ----------------------------------------------------------------- conformance, limits
-    def conformance(
-        self,
-        seed: int,
-        *,
-        rate_window_s: float = 60.0,
-        rate_limit_probability: float = 0.03,
-        gzip_probability: float = 0.5,
-        geo_bytes: tuple[int, int] = (1_000_000, 3_000_000),
-    ) -> dict[str, Any]:
-        """Turn on seeded conformance mode (see `conformance.py`); returns the choices made."""
-        conf = Conformance(
-            seed,
-            rate_window_s=rate_window_s,
-            rate_limit_probability=rate_limit_probability,
-            gzip_probability=gzip_probability,
-            geo_bytes=(int(geo_bytes[0]), int(geo_bytes[1])),
-        )
+    def conformance(self, seed: int, **options: Any) -> dict[str, Any]:
+        """Turn on seeded conformance mode; `options` are those of `conformance.Conformance`
+        (rate_window_s, rate_limit_probability, gzip_probability, geo_bytes). Returns the
+        choices made."""
+        conf = Conformance(seed, **options)
         with self._lock:
             for state in self._states.values():
                 state.conformance = conf.dataset_choices(state)
