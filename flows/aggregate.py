@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flows.crashpoints import crashpoint
 from flows.ingest import new_load_id
-from flows.lake import Lake
-from flows.publish import publish_tables
+from flows.lake import Lake, lake_error
+from flows.publish import PUBLISH_POINTER, PublishError, publish_tables, version_folder
 from flows.settings import Settings
 from flows.spark_submit import is_s3, run_spark_submit, s3a_jars, spark_conf, to_spark_uri
 
@@ -51,7 +52,8 @@ def run_aggregate(
     """Build every gold table with Spark and publish them; gold is untouched on failure."""
     lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
     run_id = new_load_id()
-    staging = f"gold/_staging/{run_id}"
+    staging = version_folder(run_id)  # the job writes where the tables will stay
+    committed = False
     arguments = ["--lake", to_spark_uri(settings.lake), "--staging", staging,
                  "--tables", ",".join(tables or GOLD_TABLES)]  # fmt: skip
     if years:
@@ -74,8 +76,15 @@ def run_aggregate(
         )
         result = lake.read_json(f"{staging}/_result.json")
         if result is None:
-            raise FileNotFoundError(f"the Spark job left no result in {lake.path(staging)}")
+            raise PublishError("the Spark job left no result", url=lake.path(staging))
+        crashpoint("gold-staged")
         manifest = publish_tables(lake, run_id, staging, result)
+        committed = True
+    except OSError as exc:
+        raise lake_error(exc, dataset="gold", partition=f"publish {run_id}") from exc
     finally:
-        lake.remove(staging)
+        if not committed:  # unless it failed after its commit: the version is then published
+            committed = (lake.read_json(PUBLISH_POINTER) or {}).get("run_id") == run_id
+        if not committed:
+            lake.remove(staging)
     return AggregateReport(run_id=run_id, manifest=manifest)

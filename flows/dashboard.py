@@ -424,10 +424,14 @@ def _null_count(lake: Lake, path: str, column: str) -> int:
 
 
 def _quarantined(lake: Lake, pointers: Iterable[dict[str, Any]]) -> int | None:
-    """Rows quarantined by the loads that committed these partitions (load manifests)."""
+    """Rows quarantined by the loads that committed these partitions: the load record each
+    pointer carries (committed with the partition), or the load manifest of older lakes."""
     total = 0
     manifests: dict[str, Any] = {}
     for pointer in pointers:
+        if isinstance(pointer.get("load"), dict):
+            total += pointer["load"].get("rows_quarantined") or 0
+            continue
         load_id = str(pointer.get("load_id"))
         if load_id not in manifests:
             manifests[load_id] = lake.read_json(f"_manifests/loads/{load_id}.json")

@@ -21,22 +21,26 @@ from pydantic import Field
 from flows.aggregate import AggregateReport, run_aggregate
 from flows.blocks import resolve_settings
 from flows.catalog import DATASETS, get_dataset
+from flows.crashpoints import crashpoint
 from flows.dashboard import build_dashboard
 from flows.errors import PipelineError, is_transient
 from flows.ingest import (
     LOAD,
     PartitionPlan,
     PartitionResult,
+    load_manifest_path,
     load_partition,
+    loads_running_marker,
     new_load_id,
     plan_dataset,
 )
-from flows.lake import Lake
+from flows.lake import Lake, lake_error
 from flows.notify import notify_failure
 from flows.portals import client_for
 from flows.report import IngestProgress, RunSummary, create_run_artifacts, emit
 from flows.settings import Settings
 from flows.tableau import HYPER_MISSING, hyper_available, write_hyper_extracts
+from flows.writer import writing
 
 T = TypeVar("T")
 
@@ -63,6 +67,7 @@ class IngestReport:
         return {
             "load_id": self.load_id,
             "lake": self.lake,
+            "status": "failed" if self.failed else "completed",
             "finished_at": datetime.now(UTC).isoformat(),
             "partitions": [r.to_dict() for r in self.results],
         }
@@ -182,12 +187,22 @@ def run_ingest(
     datasets: list[str] | None, years: list[int] | None, force: bool, settings: Settings
 ) -> IngestReport:
     """Plan every dataset, then load partitions concurrently; write the load manifest."""
-    logger = get_run_logger()
-    names = datasets or list(DATASETS)
+    names = list(dict.fromkeys(datasets or DATASETS))
     for name in names:
         get_dataset(name)
+    with writing(settings, command="ingest"):
+        return _run_ingest(names, years, force, settings)
+
+
+def _run_ingest(
+    names: list[str], years: list[int] | None, force: bool, settings: Settings
+) -> IngestReport:
+    logger = get_run_logger()
     lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
     report = IngestReport(load_id=new_load_id(), lake=settings.lake)
+    # A marker a killed run leaves behind: the next run rebuilds this load's manifest from
+    # the pointers of what it committed (recover_loads).
+    lake.write_json(loads_running_marker(report.load_id), {"load_id": report.load_id})
     plan_futures = [plan_task.submit(name, years, force, settings) for name in names]
     plans: list[PartitionPlan] = []
     for name, future in zip(names, plan_futures, strict=True):
@@ -222,15 +237,22 @@ def run_ingest(
             result = _failed(plan, exc)
         report.results.append(result)
         progress.advance(result)
-    lake.write_json(f"_manifests/loads/{report.load_id}.json", report.to_dict())
-    logger.info(
-        "load %s: %d loaded, %d skipped, %d failed; manifest _manifests/loads/%s.json",
-        report.load_id,
-        report.count("loaded"),
-        report.count("skipped"),
-        report.count("failed"),
-        report.load_id,
+    summary = (
+        f"load {report.load_id}: {report.count('loaded')} loaded, {report.count('skipped')} "
+        f"skipped, {report.count('failed')} failed"
     )
+    try:
+        lake.write_json(load_manifest_path(report.load_id), report.to_dict())
+        crashpoint("ingest-manifest-written")
+        lake.remove(loads_running_marker(report.load_id))
+    except OSError as exc:  # the failure summary must survive a manifest that cannot be written
+        problem = lake_error(exc, dataset="(all)", partition=f"load manifest {report.load_id}")
+        if not report.failed:
+            raise problem from exc
+        logger.error("%s; %s", summary, problem)
+        summary += f"; the load manifest could not be written: {problem}"
+    else:
+        logger.info("%s; manifest %s", summary, load_manifest_path(report.load_id))
     if report.failed:
         first = report.failed[0]
         error = IngestFailed(f"{len(report.failed)} partition(s) failed; first: {first.reason}")
@@ -255,7 +277,8 @@ def _spark_line(logger: Any) -> Any:
 def aggregate_task(settings: Settings, years: list[int] | None) -> AggregateReport:
     """spark-submit the gold-table job, then publish its tables atomically."""
     logger = get_run_logger()
-    report = run_aggregate(settings, years, on_line=_spark_line(logger))
+    with writing(settings, command="aggregate"):
+        report = run_aggregate(settings, years, on_line=_spark_line(logger))
     for table, figures in report.manifest["tables"].items():
         logger.info("published gold/%s: %d rows", table, figures["rows"])
     for check in report.warnings:
@@ -301,17 +324,19 @@ def outputs_task(settings: Settings, manifest: dict[str, Any]) -> dict[str, Any]
     """Rebuild the dashboard from the published tables; write a Hyper extract per table."""
     logger = get_run_logger()
     lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
-    emit("step_started", step="dashboard")
-    dashboard = build_dashboard(lake, manifest)
-    logger.info("dashboard published: %s", dashboard)
-    emit("step_started", step="tableau")
-    if hyper_available():
-        hyper = write_hyper_extracts(lake, list(manifest["tables"]))
-        message = None
-        logger.info("Tableau extracts: %s", ", ".join(f"{t}.hyper" for t in hyper))
-    else:
-        hyper, message = {}, HYPER_MISSING
-        logger.warning(message)
+    with writing(settings, command="outputs"):
+        emit("step_started", step="dashboard")
+        dashboard = build_dashboard(lake, manifest)
+        crashpoint("dashboard-written")
+        logger.info("dashboard published: %s", dashboard)
+        emit("step_started", step="tableau")
+        if hyper_available():
+            hyper = write_hyper_extracts(lake, list(manifest["tables"]))
+            message = None
+            logger.info("Tableau extracts: %s", ", ".join(f"{t}.hyper" for t in hyper))
+        else:
+            hyper, message = {}, HYPER_MISSING
+            logger.warning(message)
     return {"dashboard": dashboard, "hyper": hyper, "hyper_message": message}
 
 
@@ -333,7 +358,14 @@ def _timed(timings: dict[str, float], step: str, call: Callable[..., T], *args: 
 def _ingest_then_aggregate(
     datasets: list[str] | None, years: list[int] | None, force: bool, settings: Settings
 ) -> RunSummary:
-    """Ingest → aggregate → publish → dashboard and extracts → report."""
+    """Ingest → aggregate → publish → dashboard and extracts → report, under one lease."""
+    with writing(settings, command="pipeline"):
+        return _pipeline_steps(datasets, years, force, settings)
+
+
+def _pipeline_steps(
+    datasets: list[str] | None, years: list[int] | None, force: bool, settings: Settings
+) -> RunSummary:
     timings: dict[str, float] = {}
     try:
         ingested = _timed(timings, "ingest", run_ingest, datasets, years, force, settings)

@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flows.catalog import Dataset, get_dataset
+from flows.crashpoints import crashpoint
 from flows.errors import PermanentError, PipelineError, TransientError
-from flows.lake import Lake
+from flows.lake import Lake, lake_error
 from flows.portals import client_for
 from flows.portals.base import PartitionInfo, PartitionStats, PortalClient
 from flows.settings import Settings
@@ -79,6 +80,7 @@ class PartitionResult:
     extra_columns: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     codes_restored: dict[str, int] = field(default_factory=dict)  # column -> rows from numbers
+    quarantine_file: str = ""  # lake-relative Parquet file of this load's quarantined rows
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
@@ -153,6 +155,8 @@ def load_partition(
         return _load(plan, dataset, client, lake, load_id, settings, stats, started)
     except PipelineError as exc:
         raise exc.with_context(dataset=plan.dataset, partition=plan.label) from exc.__cause__
+    except OSError as exc:  # the lake (or the spool) failed: name where, and what
+        raise lake_error(exc, dataset=plan.dataset, partition=plan.label) from exc
     finally:
         client.close()
 
@@ -170,7 +174,7 @@ def _load(
     _require_columns(dataset, plan.source_fields, plan.metadata_url)
     extras = _extras(dataset, plan.source_fields)
     expected = client.count(dataset, plan.year)
-    lake.clear_staging(dataset.name, plan.year)
+    lake.clear_staging(dataset.name, plan.year, load_id)
     schema = lake_schema(dataset, extras)
     spool = KeySpool(schema, dataset.natural_key, expected, settings.spool_bucket_rows)
     quarantine: list[pd.DataFrame] = []
@@ -206,6 +210,7 @@ def _load(
         )
     finally:
         spool.close()
+    crashpoint("partition-staged")
     quarantined = sum(len(q) for q in quarantine)
     limit = _quarantine_limit(settings, stats.rows)
     if quarantined > limit:
@@ -218,24 +223,9 @@ def _load(
             {c: declared.get(c, "?") for c in restored},
             dict(restored),
         )
-    pointer = {
-        "load_id": load_id,
-        "dataset": dataset.name,
-        "year": plan.year,
-        "source_signal": plan.signal,
-        "source_count": expected,
-        "source_checksum": plan.checksum,
-        "url": stats.url,
-        "rows": written,
-        "files": files,
-        "committed_at": datetime.now(UTC).isoformat(),
-    }
-    lake.commit_partition(dataset.name, plan.year, load_id, pointer)
-    if quarantine:
-        _write_quarantine(lake, dataset.name, plan.year, load_id, quarantine)
     if extras:
         log.warning("%s: schema drift, extra columns kept as text: %s", plan.label, extras)
-    return PartitionResult(
+    outcome = PartitionResult(
         dataset=dataset.name,
         partition=plan.label,
         year=plan.year,
@@ -255,6 +245,31 @@ def _load(
         files=files,
         codes_restored=dict(restored),
     )
+    # The quarantined rows and the load's record become visible with the partition, in the
+    # same commit: the pointer names them. A quarantine file whose load never committed is
+    # not named by any pointer; the next run sweeps it (`sweep_orphan_quarantine`).
+    if quarantine:
+        outcome.quarantine_file = _write_quarantine(
+            lake, dataset.name, plan.year, load_id, quarantine
+        )
+    crashpoint("quarantine-written")
+    pointer = {
+        "load_id": load_id,
+        "dataset": dataset.name,
+        "year": plan.year,
+        "source_signal": plan.signal,
+        "source_count": expected,
+        "source_checksum": plan.checksum,
+        "url": stats.url,
+        "rows": written,
+        "files": files,
+        "quarantine": outcome.quarantine_file or None,
+        "load": outcome.to_dict(),
+        "committed_at": datetime.now(UTC).isoformat(),
+    }
+    lake.commit_partition(dataset.name, plan.year, load_id, pointer)
+    crashpoint("partition-committed")
+    return outcome
 
 
 def _quarantine_limit(settings: Settings, rows: int) -> int:
@@ -281,7 +296,7 @@ def _reject(
     quarantined = sum(len(q) for q in quarantine)
     if quarantine:
         _write_quarantine(lake, plan.dataset, plan.year, load_id, quarantine)
-    lake.clear_staging(plan.dataset, plan.year)
+    lake.clear_staging(plan.dataset, plan.year, load_id)
     rule, count = rules.most_common(1)[0] if rules else ("unknown", quarantined)
     if seen >= expected:
         scope = f"{quarantined:,} of {seen:,} rows quarantined (limit {limit:,})"
@@ -400,13 +415,84 @@ def _stage(
     return files, written, duplicates, written_bytes
 
 
+def quarantine_path(dataset: str, year: int, load_id: str) -> str:
+    """Lake-relative file of one load's quarantined rows for a partition."""
+    return f"quarantine/{dataset}/annee={year}/{load_id}.parquet"
+
+
 def _write_quarantine(
     lake: Lake, dataset: str, year: int, load_id: str, frames: list[pd.DataFrame]
-) -> None:
+) -> str:
     rows = pd.concat(frames, ignore_index=True, sort=False).astype("str")
     rows["_load_id"] = load_id
     table = pa.Table.from_pandas(rows, preserve_index=False)
-    target = lake.path(f"quarantine/{dataset}/annee={year}/{load_id}.parquet")
+    relative = quarantine_path(dataset, year, load_id)
+    target = lake.path(relative)
     lake.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
     with lake.fs.open(target, "wb") as handle:
         pq.write_table(table, handle)
+    return relative
+
+
+def loads_running_marker(load_id: str) -> str:
+    """Lake-relative marker of a load in progress: written at its start, removed at its end."""
+    return f"_manifests/loads/{load_id}.running"
+
+
+def load_manifest_path(load_id: str) -> str:
+    """Lake-relative load manifest of one ingestion run."""
+    return f"_manifests/loads/{load_id}.json"
+
+
+def raw_pointers(lake: Lake) -> list[dict[str, Any]]:
+    """The `_current.json` of every committed raw partition of the lake."""
+    found = []
+    for dataset in lake.listing("raw"):
+        for name in lake.listing(f"raw/{dataset}"):
+            if name.startswith("annee="):
+                pointer = lake.read_json(f"raw/{dataset}/{name}/_current.json")
+                if pointer is not None:
+                    found.append(pointer)
+    return found
+
+
+def recover_loads(lake: Lake) -> dict[str, Any]:
+    """At a run's start, under the lease: give every killed load its manifest back.
+
+    A load that was killed left its `.running` marker. Its committed partitions carry their
+    load record in their pointers: the manifest is rebuilt from them (status `interrupted`).
+    Quarantine files of its partitions that never committed are removed; the rerun writes
+    them again.
+    """
+    dead = [
+        name.removesuffix(".running")
+        for name in lake.listing("_manifests/loads")
+        if name.endswith(".running")
+    ]
+    if not dead:
+        return {}
+    pointers = raw_pointers(lake)
+    recovered: dict[str, Any] = {}
+    for load_id in dead:
+        entries = [p["load"] for p in pointers if p.get("load_id") == load_id and "load" in p]
+        if lake.read_json(load_manifest_path(load_id)) is None:
+            lake.write_json(
+                load_manifest_path(load_id),
+                {
+                    "load_id": load_id,
+                    "lake": lake.uri,
+                    "status": "interrupted",
+                    "finished_at": None,
+                    "recovered_at": datetime.now(UTC).isoformat(),
+                    "partitions": entries,
+                },
+            )
+        named = {e.get("quarantine_file") for e in entries}
+        removed = []
+        for path in lake.files_below("quarantine", f"/{load_id}.parquet"):
+            if f"quarantine/{path}" not in named:
+                lake.remove(f"quarantine/{path}")
+                removed.append(f"quarantine/{path}")
+        lake.remove(loads_running_marker(load_id))
+        recovered[load_id] = {"partitions": len(entries), "quarantine_removed": removed}
+    return recovered

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
 import logging
 import os
 import shutil
+import threading
 import time
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from flows.errors import PermanentError, PipelineError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,19 @@ def storage_options(uri: str, s3_endpoint: str | None) -> dict[str, Any]:
     if uri.startswith(("s3://", "s3a://")) and s3_endpoint:
         return {"client_kwargs": {"endpoint_url": s3_endpoint}}
     return {}
+
+
+# Errors no retry can fix: the lake is full, read-only or not ours to write.
+_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def lake_error(exc: OSError, *, dataset: str, partition: str) -> PipelineError:
+    """An operating-system error of the lake as a pipeline error naming where it happened."""
+    path = exc.filename or ""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    message = f"lake write failed: {text}" + (f" ({path})" if path else "")
+    kind = PermanentError if exc.errno in _PERMANENT_ERRNOS else TransientError
+    return kind(" ".join(message.split()), dataset=dataset, partition=partition)
 
 
 class Lake:
@@ -72,31 +89,79 @@ class Lake:
 
     def _write_local_atomic(self, target: str, payload: bytes) -> None:
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        temporary = f"{target}.tmp-{os.getpid()}"
-        with open(temporary, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        temporary = f"{target}.tmp-{os.getpid()}-{threading.get_ident()}"
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
     def pointer(self, dataset: str, year: int) -> dict[str, Any] | None:
         """The committed state of a partition (what was loaded, from which source version)."""
         return self.read_json(f"{self.partition(dataset, year)}/{POINTER}")
 
     def remove(self, relative: str) -> None:
-        """Delete a folder or object if it exists."""
+        """Delete a folder or object; one that is already gone is not an error.
+
+        On S3 a "folder" is only a prefix: it can vanish between two calls when its last
+        object is deleted, so nothing here checks for existence first.
+        """
         target = self.path(relative)
-        if self.fs.exists(target):
+        if self.is_local:
+            if os.path.isdir(target):
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+            return
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm(target, recursive=True)
 
-    def clear_staging(self, dataset: str, year: int) -> None:
-        """Remove what earlier failed attempts staged for this partition."""
-        staging_root = self.path(f"raw/{dataset}/{STAGING}")
-        if not self.fs.exists(staging_root):
-            return
-        for entry in self.fs.ls(staging_root, detail=False):
-            if entry.rstrip("/").endswith(f"-annee={year}"):
-                self.fs.rm(entry, recursive=True)
+    def listing(self, relative: str) -> list[str]:
+        """Names directly below a folder (empty when it does not exist, on S3 as locally)."""
+        base = self.path(relative).rstrip("/")
+        try:
+            entries = (
+                self.fs.ls(base, detail=False, refresh=True)
+                if not self.is_local
+                else [os.path.join(base, name) for name in os.listdir(base)]
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        names = [str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries]
+        return sorted(name for name in names if name and str(base).rsplit("/", 1)[-1] != name)
+
+    def clear_staging(self, dataset: str, year: int, load_id: str) -> None:
+        """Remove what an earlier attempt of this load staged for this partition (retries).
+
+        Only this load's own folder: another run's staging is never touched here; staging of
+        dead runs is swept once at the start of a run, under the lake's lease (`sweep_staging`).
+        """
+        self.remove(self.staging(dataset, year, load_id))
+
+    def sweep_staging(self) -> list[str]:
+        """Remove every staging folder of the lake; call only while holding the lake's lease
+        and before staging anything, when all staging belongs to dead runs. Returns them."""
+        swept = []
+        for dataset in self.listing("raw"):
+            for name in self.listing(f"raw/{dataset}/{STAGING}"):
+                swept.append(f"raw/{dataset}/{STAGING}/{name}")
+        swept += [f"gold/{STAGING}/{name}" for name in self.listing(f"gold/{STAGING}")]
+        for relative in swept:
+            self.remove(relative)
+        if self.is_local:  # a temporary file of a killed atomic write
+            for folder, _dirs, files in os.walk(self.path("_manifests")):
+                for name in files:
+                    if ".tmp-" in name:
+                        swept.append(os.path.join(folder, name))
+                        with contextlib.suppress(OSError):
+                            os.unlink(os.path.join(folder, name))
+        return swept
 
     def commit_partition(
         self, dataset: str, year: int, load_id: str, pointer: dict[str, Any]
@@ -106,13 +171,25 @@ class Lake:
             self.staging(dataset, year, load_id), self.partition(dataset, year), pointer
         )
 
-    def commit_folder(self, staged: str, final: str, pointer: dict[str, Any]) -> None:
+    def commit_folder(
+        self, staged: str, final: str, pointer: dict[str, Any], *, keep_staged: bool = False
+    ) -> None:
         """Make a staged folder the current one, whole, in one step readers cannot split.
 
         `pointer["files"]` lists the staged files (paths relative to the folder); the
-        pointer is written as `_current.json` inside the committed folder.
+        pointer is written as `_current.json` inside the committed folder. On S3 the files
+        are copied (there is no rename); `keep_staged` leaves the source in place (a
+        published gold version that readers of the publish pointer still follow).
         """
+        self.check_lease()
         if self.is_local:
+            folder = self.path(staged)
+            missing = [n for n in pointer["files"] if not os.path.isfile(f"{folder}/{n}")]
+            if missing:  # never commit a pointer to files that are not there
+                raise FileNotFoundError(
+                    errno.ENOENT, f"staged file(s) missing, nothing committed: {missing[:3]}",
+                    self.path(staged),
+                )  # fmt: skip
             self.write_json(f"{staged}/{POINTER}", pointer)
             self._swap_local(self.path(staged), self.path(final))
             return
@@ -122,8 +199,18 @@ class Lake:
         keep = {self.path(f"{final}/{name}") for name in [*pointer["files"], POINTER]}
         for entry in self.fs.find(self.path(final)):
             if entry not in keep:
-                self.fs.rm(entry)
-        self.remove(staged)
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm(entry)
+        if not keep_staged:
+            self.remove(staged)
+
+    def check_lease(self) -> None:
+        """Refuse to commit once this process's lease on the lake was taken over."""
+        from flows.lease import held
+
+        lease = held(self)
+        if lease is not None:
+            lease.check()
 
     def files_below(self, relative: str, suffix: str) -> list[str]:
         """Files below a folder with a suffix, as paths relative to it (hidden ones left out)."""
