@@ -142,9 +142,11 @@ class LazyWriter:
 
 
 def gold_files(lake: Lake, table: str) -> dict[int, list[str]]:
-    """The current version's Parquet files of a gold table by year, lake-relative."""
-    folder = f"gold/{table}"
-    names = lake.current_files(folder)
+    """The published version's Parquet files of a gold table by year, lake-relative
+    (through the publish pointer: all tables of one publish, never a mix)."""
+    from flows.publish import table_files
+
+    folder, names = table_files(lake, table)
     by_year: dict[int, list[str]] = defaultdict(list)
     for name in names:
         years = [p.split("=", 1)[1] for p in name.split("/") if p.startswith("annee=")]

@@ -52,6 +52,7 @@ class IngestReport:
     load_id: str
     lake: str
     results: list[PartitionResult] = field(default_factory=list)
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     @property
     def failed(self) -> list[PartitionResult]:
@@ -68,6 +69,7 @@ class IngestReport:
             "load_id": self.load_id,
             "lake": self.lake,
             "status": "failed" if self.failed else "completed",
+            "started_at": self.started_at,
             "finished_at": datetime.now(UTC).isoformat(),
             "partitions": [r.to_dict() for r in self.results],
         }

@@ -134,6 +134,8 @@ class Lease:
             self._heartbeat = None
         if self._handle is not None:
             with contextlib.suppress(OSError):
+                self._handle.truncate(0)  # an empty lease file: nobody holds the lake
+            with contextlib.suppress(OSError):
                 fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None

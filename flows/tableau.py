@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 
 from flows.errors import PipelineError
 from flows.lake import STAGING, Lake
+from flows.runtime import scratch_dir
 
 if TYPE_CHECKING:
     from tableauhyperapi import HyperProcess, SqlType
@@ -63,7 +63,9 @@ def write_hyper_extracts(lake: Lake, tables: Sequence[str]) -> dict[str, dict[st
 
     staging = f"gold/{STAGING}/hyper-{uuid.uuid4().hex}"
     written = {}
-    with tempfile.TemporaryDirectory(prefix="hyper-") as scratch:
+    # Under the run's scratch root: swept by the next run if this process is killed.
+    scratch = scratch_dir("hyper-")
+    try:
         try:
             hyper = HyperProcess(
                 Telemetry.DO_NOT_SEND_USAGE_DATA_TO_TABLEAU, parameters={"log_dir": scratch}
@@ -80,6 +82,8 @@ def write_hyper_extracts(lake: Lake, tables: Sequence[str]) -> dict[str, dict[st
                     written[table] = _write_extract(lake, hyper, table, Path(scratch), staging)
         finally:
             lake.remove(staging)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return written
 
 
@@ -116,8 +120,9 @@ def _write_extract(
 
 def _parquet_files(lake: Lake, table: str, scratch: Path) -> dict[str, Path]:
     """Local paths of the table's current files, downloaded to scratch when the lake is S3."""
-    folder = f"gold/{table}"
-    names = lake.current_files(folder)
+    from flows.publish import table_files
+
+    folder, names = table_files(lake, table)  # the published version: one publish, never a mix
     if not names:
         raise HyperExtractError(
             f"gold table {table} has no Parquet file to extract; run the aggregate step first",
