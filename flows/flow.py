@@ -38,7 +38,7 @@ from flows.lake import Lake, lake_error
 from flows.notify import notify_failure
 from flows.portals import client_for
 from flows.report import IngestProgress, RunSummary, create_run_artifacts, emit
-from flows.settings import Settings
+from flows.settings import YEAR_MAX, YEAR_MIN, Settings
 from flows.tableau import HYPER_MISSING, hyper_available, write_hyper_extracts
 from flows.writer import writing
 
@@ -402,7 +402,7 @@ DatasetName = Literal[
     "nationale_quotidienne",
     "regionale_quotidienne",
 ]
-Year = Annotated[int, Field(ge=2000, le=2100)]
+Year = Annotated[int, Field(ge=YEAR_MIN, le=YEAR_MAX)]
 DEFAULT_PARTITION_CONCURRENCY: int = Settings.model_fields["partition_concurrency"].default
 
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import random
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import orjson
@@ -210,6 +212,40 @@ def portal_slots(portal: str, limit: int) -> threading.BoundedSemaphore:
         return _PORTAL_SLOTS[portal]
 
 
+# Where a portal's answer may send us. Every request of a PortalHttp, including the `next`
+# links Data Fair pages carry and any redirect, must stay on the origin (scheme, host, port)
+# of the configured base URL: a portal, or anything between it and us, must not make the
+# pipeline fetch from another host (an internal service, a cloud metadata endpoint) nor
+# downgrade https to http. Data Fair builds `next` from its public URL (config.publicUrl on
+# its main domain, else the site URL its reverse proxy forwards, X-Forwarded-Proto and Host
+# included), so on a correctly configured base URL the origin is the same; an http base URL
+# whose portal answers with https links fails loudly: configure the https URL instead.
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> str:
+    """`scheme://host:port` of a URL, lower-cased with the default port made explicit;
+    "" when the URL has no http(s) scheme or no host (nothing can match it)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return ""
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if scheme not in DEFAULT_PORTS or not host:
+        return ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port or DEFAULT_PORTS[scheme]}"
+
+
+def same_origin(url: str, base: str) -> bool:
+    """Whether `url` is on the origin of `base` (scheme, host and port all equal)."""
+    origin = origin_of(url)
+    return bool(origin) and origin == origin_of(base)
+
+
 def join_url(base: str, path: str) -> str:
     """Join a path onto a base URL, keeping the base's own path prefix."""
     if path.startswith(("http://", "https://")):
@@ -245,12 +281,27 @@ class PortalHttp:
         self.rate_limit_window_s = rate_limit_window_s
         self.rate_limit_patience_s = rate_limit_patience_s
         self.rate_limit_margin_s = rate_limit_margin_s
+        self.origin = origin_of(base_url)
         self._slots = portal_slots(portal, concurrency)
         self._sleep = sleep
         self.client = httpx.Client(
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             headers={"User-Agent": user_agent, "Accept-Encoding": "gzip"},
             follow_redirects=True,
+            # called before every request, each redirect included: nothing leaves the origin
+            event_hooks={"request": [self._stay_on_origin]},
+        )
+
+    def _stay_on_origin(self, request: httpx.Request) -> None:
+        """Refuse, before it is sent, a request to another origin than the base URL's."""
+        url = str(request.url)
+        if self.origin and origin_of(url) == self.origin:
+            return
+        raise PermanentError(
+            f"refused to contact {origin_of(url) or excerpt(url, 100)}: not the origin of "
+            f"{self.portal}'s base URL ({self.origin or self.base_url}); a portal's links and "
+            f"redirects are only followed on its own origin",
+            url=excerpt(url, URL_CHARS, quote=False),
         )
 
     def url(self, path: str) -> str:
@@ -312,12 +363,12 @@ class PortalHttp:
         try:
             response = self.client.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}", url=shown) from exc
+            raise TransientError(f"{type(exc).__name__}: {_said(exc)}", url=shown) from exc
         try:
             if response.status_code >= 400:
-                body = _body_text(response)
-                text = _render_error(body)
-                message = f"HTTP {response.status_code} from {self.portal}: {text}"
+                body, complete = _read_error_body(response)
+                text = excerpt(_render_error(body), more=not complete)
+                message = f"HTTP {response.status_code} from {self.portal}, body {text}"
                 if response.status_code == 429:
                     limited = RateLimited(message, url=shown)
                     limited.headers = response.headers
@@ -332,7 +383,7 @@ class PortalHttp:
                 yield response
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 raise TransientError(
-                    f"transfer broken: {type(exc).__name__}: {exc}", url=shown
+                    f"transfer broken: {type(exc).__name__}: {_said(exc)}", url=shown
                 ) from exc
         finally:
             response.close()
@@ -367,11 +418,11 @@ class PortalHttp:
                 if budget.waits
                 else ""
             )
-            said = _render_error(exc.body)
+            said = excerpt(_render_error(exc.body))
             raise QuotaExhausted(
                 f"{_quota_name(plan.unit)} of {self.portal} spent until {_iso(reset_at)}: "
                 f"{plan.why}; waiting {_seconds(seconds)}{already} would pass the "
-                f"rate-limit patience of {_seconds(patience)} (HTTP 429: {said})",
+                f"rate-limit patience of {_seconds(patience)} (HTTP 429, body {said})",
                 portal=self.portal,
                 reset_at=_iso(reset_at),
                 unit=plan.unit,
@@ -389,28 +440,77 @@ class PortalHttp:
             budget.waits,
             _seconds(budget.waited),
             _seconds(patience),
-            _render_error(exc.body),
+            excerpt(_render_error(exc.body)),
         )
         self._sleep(seconds)
 
 
 _ERROR_BODY_LIMIT = 64 * 1024
+EXCERPT_CHARS = 200  # of a portal's error text quoted into an error message
+URL_CHARS = 2000  # of a URL a portal chose (a `next` link) quoted into an error message
+# Line ends and separators, tabs, and the C0/C1 controls: each becomes a space.
+_BREAKS = frozenset("\u0085\u2028\u2029")
 
 
-def _body_text(response: httpx.Response) -> str:
-    """The start of an error body, decoded; "" when there is none or it cannot be read."""
+def one_line(text: str) -> str:
+    """Untrusted text made printable on one line: line breaks, tabs and other control
+    characters become spaces, runs of spaces one space; other non-printable characters
+    (format controls such as bidirectional overrides, surrogates, private use, unassigned)
+    are dropped. Markup is left alone: escaping belongs to each output (Slack, Markdown,
+    HTML), which knows its own syntax."""
+    kept = []
+    for char in text:
+        if char.isprintable():
+            kept.append(char)
+        elif char.isspace() or char in _BREAKS or unicodedata.category(char) == "Cc":
+            kept.append(" ")
+        # else: Cf, Cs, Co, Cn (and Zl/Zp handled above) are dropped
+    return " ".join("".join(kept).split())
+
+
+def excerpt(
+    text: str, limit: int = EXCERPT_CHARS, *, quote: bool = True, more: bool = False
+) -> str:
+    """At most `limit` characters of untrusted text, on one line (see `one_line`), as a
+    double-quoted string (inner quotes and backslashes escaped, as in JSON) so where it starts
+    and ends is unmistakable; a cut one is marked `(truncated: N of M characters)`. `more`
+    says the text given was itself only the start of something longer."""
+    flat = one_line(text)
+    shown = flat[:limit]
+    quoted = json.dumps(shown, ensure_ascii=False) if quote else shown
+    if len(flat) > limit or more:
+        total = f"{len(flat)}{'+' if more else ''}"
+        quoted += f"{'' if quote else '...'} (truncated: {len(shown)} of {total} characters)"
+    return quoted
+
+
+def _said(exc: BaseException) -> str:
+    """An exception's text, which may quote what the server sent, bounded and on one line."""
+    return excerpt(str(exc), quote=False)
+
+
+def _read_error_body(response: httpx.Response) -> tuple[str, bool]:
+    """The start of an error body, decoded, and whether that is all of it; ("", True) when
+    there is none or it cannot be read."""
     data = bytearray()
+    complete = True
     try:
         for chunk in response.iter_bytes():
             data += chunk
             if len(data) >= _ERROR_BODY_LIMIT:
+                complete = False
                 break
     except (httpx.HTTPError, httpx.StreamError):
         pass
     try:
-        return bytes(data).decode(response.encoding or "utf-8", "replace")
+        return bytes(data).decode(response.encoding or "utf-8", "replace"), complete
     except LookupError:
-        return bytes(data).decode("utf-8", "replace")
+        return bytes(data).decode("utf-8", "replace"), complete
+
+
+def _body_text(response: httpx.Response) -> str:
+    """The start of an error body, decoded; "" when there is none or it cannot be read."""
+    return _read_error_body(response)[0]
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
@@ -423,24 +523,24 @@ def _json_object(text: str) -> dict[str, Any] | None:
 
 def _render_error(body: str) -> str:
     """An error body made readable: the message of a JSON error (Opendatasoft `message` or
-    `error`, with its code and quota), or plain text (Data Fair) on one line."""
+    `error`, with its code and quota), or plain text (Data Fair), on one line (`one_line`).
+    Not bounded: quote it through `excerpt`."""
     text = body.strip()
     if not text:
         return "(empty body)"
     doc = _json_object(text)
     if doc is None:
-        flat = " ".join(text.split())
-        return flat if len(flat) <= 500 else flat[:500] + "..."
+        return one_line(text)
     message = doc.get("message") or doc.get("error") or doc.get("detail")
     if not message:
-        return str(doc)[:500]
+        return one_line(str(doc))
     details = [
         f"{key} {doc[key]}"
         for key in ("error_code", "errorcode", "call_limit", "limit_time_unit", "reset_time")
         if doc.get(key) not in (None, "")
     ]
-    rendered = " ".join(str(message).split())
-    return f"{rendered} ({'; '.join(details)})" if details else rendered
+    rendered = one_line(str(message))
+    return one_line(f"{rendered} ({'; '.join(details)})") if details else rendered
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -456,5 +556,6 @@ def _decode_json(body: bytes, url: str) -> Any:
             f"invalid or incomplete JSON body ({len(body)} bytes)", url=url
         ) from exc
     if isinstance(doc, dict) and "error_code" in doc and "results" not in doc:
-        raise TransientError(f"portal error in a 200 body: {doc.get('message')}", url=url)
+        said = excerpt(str(doc.get("message")))
+        raise TransientError(f"portal error in a 200 body: {said}", url=url)
     return doc

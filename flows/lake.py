@@ -73,8 +73,9 @@ class Lake:
     def read_json(self, relative: str) -> Any | None:
         """A JSON document of the lake, or None when it does not exist."""
         try:
-            with self.fs.open(self.path(relative), "rb") as handle:
-                return json.loads(handle.read())
+            # One GET: no size/ETag lookup first, which an overwrite in between (a pointer
+            # being committed) would turn into s3fs's FileExpired.
+            return json.loads(self.fs.cat_file(self.path(relative)))
         except FileNotFoundError:
             return None
 

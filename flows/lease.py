@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 LOCAL_LEASE = "_lease"
 S3_LEASE = "_lease.json"
 POLL_S = 1.0  # how often a waiting run looks at the lease again
+_UNWRITABLE = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM)
 CLOCK_SKEW_S = 5.0  # hosts' clocks may differ this much: an expiry is honoured this long more
 
 
@@ -42,6 +43,10 @@ class LakeBusy(PermanentError):
     """Another live run holds the lake's lease (and kept it longer than we may wait)."""
 
     holder: dict[str, Any] | None = None
+
+
+class LakeUnwritable(PermanentError):
+    """The lake refuses writes (read-only, full, no permission): no run can start on it."""
 
 
 class LeaseLost(PermanentError):
@@ -100,7 +105,16 @@ class Lease:
         announced = False
         while True:
             self.holder["acquired_at"] = _now().isoformat()
-            holder = self._try_local() if self.lake.is_local else self._try_s3()
+            try:
+                holder = self._try_local() if self.lake.is_local else self._try_s3()
+            except OSError as exc:  # a read-only or full lake, no permission, S3 refused
+                if not isinstance(exc, PermissionError) and exc.errno not in _UNWRITABLE:
+                    raise
+                raise LakeUnwritable(
+                    f"lake {self.lake.uri} cannot be written, so its lease cannot be taken: "
+                    f"{exc.strerror or exc}",
+                    url=self.lake.path(LOCAL_LEASE if self.lake.is_local else S3_LEASE),
+                ) from exc
             if holder is None:
                 log.info("lake %s: lease taken by run %s", self.lake.uri, self.holder["run"])
                 return

@@ -10,11 +10,14 @@ completion.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from flows.http import one_line
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,35 @@ class IngestProgress:
             update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
 
 
+# What lets text in a Markdown table cell end the cell (`|`, and `\` which could escape our
+# escapes), open a code span, a link or image (`[`), an autolink or raw HTML (`<`, `>`) or an
+# entity (`&`). A backslash makes each literal (CommonMark escapes). Emphasis characters
+# (`*`, `_`) are left: at worst they restyle a cell, and names such as conso_region stay as
+# they are in the raw Markdown.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`|<>\[\]&])")
+
+
+def md_text(value: Any, limit: int = 300) -> str:
+    """Any text (a portal may have supplied it) as literal Markdown on one line: line breaks
+    and control characters become spaces, `|` and markup characters are escaped, so it can
+    neither end a table row or cell nor add code, links, images or HTML; at most `limit`
+    characters of it are kept."""
+    text = one_line(str(value))
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def md_code(value: Any, limit: int = 300) -> str:
+    """Text as an inline code span on one line, whatever backticks it holds."""
+    text = one_line(str(value))
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"  # list items only: a `|` would split a table cell
+
+
 def human_bytes(count: float) -> str:
     """1234567 -> '1.2 MB'."""
     for unit in ("B", "kB", "MB", "GB"):
@@ -160,22 +192,24 @@ class RunSummary:
         return rows
 
     def markdown(self) -> str:
-        """The run summary shown in the Prefect UI."""
+        """The run summary shown in the Prefect UI; every text interpolated is escaped
+        (`md_text`, `md_code`), so none can break a table or add markup."""
         lines = [
             "# energy-pipeline run",
             "",
-            f"- **Lake**: `{self.lake}`",
-            f"- **Load**: `{self.load_id}`: {self.count('loaded')} partition(s) loaded, "
+            f"- **Lake**: {md_code(self.lake)}",
+            f"- **Load**: {md_code(self.load_id)}: {self.count('loaded')} partition(s) loaded, "
             f"{self.count('skipped')} skipped as unchanged, {self.count('failed')} failed",
         ]
         if self.publish:
-            lines.append(f"- **Gold tables**: `{self.lake}/gold/` (Parquet by year, and `.csv`)")
+            lines.append(f"- **Gold tables**: {md_code(self.lake + '/gold/')} (Parquet by year, "
+                         "and `.csv`)")  # fmt: skip
         if self.dashboard:
-            lines.append(f"- **Dashboard**: `{self.dashboard}`")
+            lines.append(f"- **Dashboard**: {md_code(self.dashboard)}")
         if self.hyper:
             lines.append(f"- **Tableau extracts**: {len(self.hyper)} `.hyper` file(s) in `gold/`")
         elif self.hyper_message:
-            lines.append(f"- **Tableau extracts**: {self.hyper_message}")
+            lines.append(f"- **Tableau extracts**: {md_text(self.hyper_message)}")
         lines += ["", "## Ingestion", "",
                   "| dataset | years | loaded | unchanged | failed | rows written "
                   "| quarantined | duplicates dropped |",
@@ -183,20 +217,22 @@ class RunSummary:
         for d in self.by_dataset():
             years = ", ".join(str(y) for y in d["years"])
             lines.append(
-                f"| {d['dataset']} | {years} | {d['loaded']} | {d['skipped']} | {d['failed']} "
-                f"| {d['rows_written']:,} | {d['rows_quarantined']:,} "
+                f"| {md_text(d['dataset'])} | {md_text(years)} | {d['loaded']} | {d['skipped']} "
+                f"| {d['failed']} | {d['rows_written']:,} | {d['rows_quarantined']:,} "
                 f"| {d['duplicates_dropped']:,} |"
             )
         if self.publish:
             lines += ["", "## Gold tables", "", "| table | rows |", "|---|---:|"]
             for table, figures in self.publish["tables"].items():
-                lines.append(f"| {table} | {figures['rows']:,} |")
+                lines.append(f"| {md_text(table)} | {figures['rows']:,} |")
             warnings = [c for c in self.publish.get("checks", []) if c["status"] != "ok"]
             lines += ["", f"Consistency checks: {len(self.publish.get('checks', []))} run, "
                       f"{len(warnings)} with findings (see the `{CHECKS_KEY}` table)."]  # fmt: skip
         if self.timings:
             lines += ["", "## Timings", "", "| step | seconds |", "|---|---:|"]
-            lines += [f"| {step} | {seconds:.1f} |" for step, seconds in self.timings.items()]
+            lines += [
+                f"| {md_text(step)} | {seconds:.1f} |" for step, seconds in self.timings.items()
+            ]
         return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from flows import USER_SPARK_ENV
+from flows import USER_SPARK_ENV, runtime
 from flows.errors import PipelineError
 
 JARS_DIR_ENV = "ENERGY_PIPELINE_JARS_DIR"
@@ -251,11 +252,21 @@ def run_spark_submit(
     timeout_s: float,
     on_line: Callable[[str], None],
 ) -> None:
-    """Run spark-submit, stream each log line to on_line, raise SparkJobFailed on failure."""
+    """Run spark-submit, stream each log line to on_line, raise SparkJobFailed on failure.
+
+    The job does not outlive this process: it is killed with it (Linux parent-death
+    signal), and its environment names this process (ENERGY_PIPELINE_PARENT_PID) and the
+    run (ENERGY_PIPELINE_RUN_OWNER) for the job's own watchdog and `runtime.sweep_dead_runs`.
+    """
     command = build_command(app, app_args, master=master, conf=conf, jars=jars)
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     errors: list[str] = []
     started = time.monotonic()
+    child_env = submit_env(env, master=master)
+    # Whose job this is: the run (swept when its owner is gone) and this very process (the
+    # job's watchdog ends it, staging removed, when this process is gone).
+    child_env[runtime.OWNER_ENV] = runtime.run_owner()
+    child_env[runtime.PARENT_ENV] = runtime.owner_marker()
     proc = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
@@ -265,8 +276,12 @@ def run_spark_submit(
         encoding="utf-8",
         errors="replace",
         bufsize=1,
-        env=submit_env(env, master=master),
+        env=child_env,
+        # Its own group, so the timeout can stop the launcher and everything it started ...
         start_new_session=True,
+        # ... and SIGKILL to the JVM (spark-submit execs into it) when this thread ends,
+        # a SIGKILL of this process included: this thread waits for it its whole life.
+        preexec_fn=runtime.die_with_parent_hook(),
     )
     timed_out = threading.Event()
 
@@ -317,9 +332,8 @@ def run_spark_submit(
 
 def jvm_startup_seconds(timeout_s: float = 120.0) -> float:
     """Seconds spark-submit takes to start a local JVM and run an empty PySpark app."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
+    tmp = runtime.scratch_dir("spark-noop-")
+    try:
         app = Path(tmp) / "noop.py"
         app.write_text(
             "from pyspark.sql import SparkSession\nSparkSession.builder.getOrCreate().stop()\n"
@@ -336,3 +350,5 @@ def jvm_startup_seconds(timeout_s: float = 120.0) -> float:
             on_line=lambda _line: None,
         )
         return time.monotonic() - started
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

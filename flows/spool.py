@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import tempfile
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from flows.catalog import Dataset, Kind
+from flows.runtime import scratch_dir
 
 _ARROW_TYPES = {
     Kind.CODE: pa.string(),
@@ -62,11 +63,12 @@ class KeySpool:
         )
         self.key = list(key)
         self.buckets = max(1, math.ceil(expected_rows / bucket_rows))
-        self._dir = tempfile.TemporaryDirectory(prefix="energy-pipeline-spool-")
+        # Under the run's scratch root: swept by the next run if this process is killed.
+        self.folder = Path(scratch_dir("spool-"))
         self._writers: list[ipc.RecordBatchStreamWriter | None] = [None] * self.buckets
 
     def _path(self, bucket: int) -> Path:
-        return Path(self._dir.name) / f"bucket-{bucket:05d}.arrows"
+        return self.folder / f"bucket-{bucket:05d}.arrows"
 
     def add(self, frame: pd.DataFrame) -> None:
         """Route validated rows to their buckets."""
@@ -130,4 +132,4 @@ class KeySpool:
             if writer is not None:
                 with contextlib.suppress(pa.ArrowInvalid):
                     writer.close()
-        self._dir.cleanup()
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -19,6 +19,7 @@ from flows.ingest import new_load_id, recover_loads
 from flows.lake import Lake
 from flows.lease import Lease, hold
 from flows.publish import recover as recover_publish
+from flows.runtime import sweep_dead_runs
 from flows.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,7 @@ def _run_name() -> str:
 def sweep(lake: Lake) -> dict[str, Any]:
     """Remove or finish what dead runs left; call only while holding the lake's lease."""
     found: dict[str, Any] = {}
-    try:
-        from flows.runtime import sweep_dead_runs
-    except ImportError:  # pragma: no cover - runtime module optional during upgrades
-        pass
-    else:
-        found["processes"] = sweep_dead_runs()
+    found["processes"] = sweep_dead_runs()
     found["staging"] = lake.sweep_staging()
     found["loads"] = recover_loads(lake)
     found.update(recover_publish(lake))

@@ -12,11 +12,17 @@ staged tables is the caller's job, once this program has exited 0. No Prefect im
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -514,6 +520,213 @@ def run(spark: SparkSession, lake: str, staging: str, years: Sequence[int] | Non
     return result
 
 
+# --- the job ends with the program that started it ----------------------------------------
+
+PARENT_ENV = "ENERGY_PIPELINE_PARENT_PID"  # "<pid>:<start ticks>", set by flows.spark_submit
+WATCH_INTERVAL_S = 1.0
+JVM_DELETE_TIMEOUT_S = 30.0
+JVM_EXIT_WAIT_S = 10.0
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Start time of a running process (clock ticks since boot); None if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X", b"x"):
+        return None
+    return int(fields[19])
+
+
+def _parse_marker(marker: str | None) -> tuple[int, int] | None:
+    pid, sep, start = (marker or "").partition(":")
+    return (int(pid), int(start)) if sep and pid.isdigit() and start.isdigit() else None
+
+
+def _say(message: str) -> None:
+    """A line on stderr, which may lead nowhere any more (the JVM relaying it is gone)."""
+    with contextlib.suppress(Exception):
+        print(f"energy-pipeline: {message}", file=sys.stderr, flush=True)
+
+
+def _safe_staging(staging: str) -> bool:
+    """A lake-relative folder below the lake root (never the lake, never above it)."""
+    parts = [part for part in staging.split("/") if part]
+    return bool(parts) and not any(part in (".", "..") for part in parts)
+
+
+class Watchdog:
+    """Ends the job, its staging folder deleted, once the program that started it is gone.
+
+    Every second it checks that the process named by ENERGY_PIPELINE_PARENT_PID (pid and
+    start ticks) still runs and that this driver's parent, the spark-submit JVM, is the same.
+    When either is gone nobody will publish or remove what the job stages: the JVM is
+    stopped, the staging folder deleted (locally from here; on S3 through the JVM's Hadoop
+    FileSystem while it lives, then with boto3), and the job's process group killed.
+    """
+
+    def __init__(self, staging_uri: str, interval_s: float = WATCH_INTERVAL_S) -> None:
+        self.staging_uri = staging_uri.rstrip("/")
+        self.interval_s = interval_s
+        self.parent = _parse_marker(os.environ.get(PARENT_ENV))
+        self.launcher = os.getppid()
+        self.launcher_start = _start_ticks(self.launcher)
+        self.spark: SparkSession | None = None
+        self.s3: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> Watchdog:
+        """Watch from a daemon thread."""
+        threading.Thread(target=self._watch, name="parent-watchdog", daemon=True).start()
+        return self
+
+    def attach(self, spark: SparkSession) -> None:
+        """The session, whose JVM can delete the staging folder; its S3A settings are kept for
+        a deletion from Python once the JVM is gone."""
+        conf = spark.sparkContext.getConf()
+        for key in ("endpoint", "endpoint.region", "path.style.access"):
+            value = conf.get(f"spark.hadoop.fs.s3a.{key}", None)
+            if value:
+                self.s3[key] = value
+        self.spark = spark
+
+    def gone(self) -> str | None:
+        """Why the job is orphaned; None while the program that started it runs."""
+        if os.getppid() != self.launcher:
+            return f"the spark-submit JVM (pid {self.launcher}) is gone"
+        if self.parent is not None and _start_ticks(self.parent[0]) != self.parent[1]:
+            return f"the process that started the job (pid {self.parent[0]}) is gone"
+        return None
+
+    def _launcher_running(self) -> bool:
+        """Whether the JVM this driver started under still runs (not a later pid reuse)."""
+        return (
+            self.launcher_start is not None and _start_ticks(self.launcher) == self.launcher_start
+        )
+
+    def _launcher_is_jvm(self) -> bool:
+        """Only a JVM launcher (spark-submit execs into `java`) is ever killed from here: a
+        driver started some other way (by hand, from a test) never kills its parent."""
+        try:
+            with open(f"/proc/{self.launcher}/comm", "rb") as comm:
+                return comm.read().strip() == b"java"
+        except OSError:
+            return False
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            reason = self.gone()
+            if reason:
+                self.abort(reason)
+
+    def settle(self, wait_s: float = 5.0) -> None:
+        """On a failure of the job: when it failed because the JVM died with its parent,
+        clean up and exit here (the interpreter's exit would end the watchdog thread)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            reason = self.gone()
+            if reason:
+                self.abort(reason)
+            if self._launcher_running() or time.monotonic() >= deadline:
+                return
+            time.sleep(0.1)  # the JVM is exiting: this process is about to be reparented
+
+    def abort(self, reason: str) -> None:
+        """Stop the JVM, delete the staging folder, kill the job's process group, exit."""
+        with self._lock:  # once, from whichever thread gets here first
+            _say(f"{reason}: stopping the job and deleting {self.staging_uri}")
+            local = urlparse(self.staging_uri).scheme in ("", "file")
+            if self._launcher_running() and self._launcher_is_jvm():
+                if not local:
+                    self._delete_through_jvm()
+                self._kill_launcher()  # no task writes anything after this
+            self._delete_from_python()
+            if os.getpgrp() == self.launcher:  # the job's own group (spark-submit's session)
+                with contextlib.suppress(OSError):
+                    os.killpg(os.getpgrp(), signal.SIGKILL)
+            os._exit(3)
+
+    def _delete_through_jvm(self) -> None:
+        """Cancel the jobs, delete the staging folder through the job's Hadoop FileSystem."""
+        spark = self.spark
+        if spark is None:
+            return
+
+        def delete() -> None:
+            try:
+                context = spark.sparkContext
+                context.cancelAllJobs()
+                jvm = context._jvm  # type: ignore[attr-defined]
+                hadoop_conf = context._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
+                path = jvm.org.apache.hadoop.fs.Path(self.staging_uri)
+                path.getFileSystem(hadoop_conf).delete(path, True)
+            except Exception as exc:
+                _say(f"deleting {self.staging_uri} through the JVM failed: {exc}")
+
+        worker = threading.Thread(target=delete, daemon=True)
+        worker.start()
+        worker.join(JVM_DELETE_TIMEOUT_S)
+
+    def _kill_launcher(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.launcher, signal.SIGKILL)
+        deadline = time.monotonic() + JVM_EXIT_WAIT_S
+        while self._launcher_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _delete_from_python(self) -> None:
+        parsed = urlparse(self.staging_uri)
+        try:
+            if parsed.scheme in ("", "file"):
+                path = unquote(parsed.path) if parsed.scheme else self.staging_uri
+                shutil.rmtree(path, ignore_errors=True)
+            elif parsed.scheme in ("s3a", "s3", "s3n"):
+                _delete_s3_prefix(parsed.netloc, parsed.path.strip("/"), self.s3)
+            else:
+                _say(f"{self.staging_uri}: left for the next run to sweep")
+        except Exception as exc:
+            _say(f"deleting {self.staging_uri} failed ({exc}): left for the next run to sweep")
+
+
+def _delete_s3_prefix(bucket: str, key: str, s3: dict[str, str]) -> None:
+    """Delete every object below s3://bucket/key/ with boto3 (AWS credentials from the
+    environment, endpoint and region as the job's S3A settings)."""
+    import boto3
+    from botocore.config import Config
+
+    endpoint = s3.get("endpoint")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"https://{endpoint}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint or None,
+        region_name=s3.get("endpoint.region") or None,
+        config=Config(
+            s3={"addressing_style": "path" if s3.get("path.style.access") == "true" else "auto"},
+            connect_timeout=5,
+            read_timeout=30,
+            retries={"max_attempts": 3},
+        ),
+    )
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/"):
+        objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if objects:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+
+
+def start_watchdog(lake: str, staging: str) -> Watchdog | None:
+    """Watch the program that started this job; None when the staging folder is not one this
+    job may delete."""
+    if not _safe_staging(staging):
+        _say(f"no watchdog: --staging {staging!r} is not a folder below the lake")
+        return None
+    return Watchdog(f"{lake.rstrip('/')}/{staging.strip('/')}").start()
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Build the gold tables from the raw lake.")
     parser.add_argument("--lake", required=True, help="lake URI as Spark sees it (file://, s3a://)")
@@ -532,9 +745,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown gold table(s): {unknown}", file=sys.stderr)
         return 2
+    # Before anything is staged: the job must not outlive the program that started it.
+    watchdog = start_watchdog(args.lake, args.staging)
     spark = SparkSession.builder.appName("energy-pipeline-aggregate").getOrCreate()
+    if watchdog is not None:
+        watchdog.attach(spark)
     try:
         run(spark, args.lake, args.staging, years, tables)
+    except BaseException:
+        if watchdog is not None:
+            watchdog.settle()
+        raise
     finally:
         spark.stop()
     return 0

@@ -95,9 +95,13 @@
   const regionName = (code) => D.regions[code] || code;
   const departementName = (code) => (D.departements[code] && D.departements[code][0]) || code;
 
+  /* ISO 8601 only: Date.parse also reads "x 1" or "<img src=x ...=1>" as a date (2001). */
+  const ISO_INSTANT = /^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$/i;
+
   function stamp(value) {
-    const time = Date.parse(value);
-    return Number.isNaN(time) ? String(value) : STAMP.format(new Date(time));
+    const text = String(value);
+    const time = ISO_INSTANT.test(text) ? Date.parse(text) : NaN;
+    return Number.isNaN(time) ? text : STAMP.format(new Date(time));
   }
 
   function format(kind, value) {

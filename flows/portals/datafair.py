@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 
 from flows.catalog import Dataset
-from flows.errors import TransientError
-from flows.http import PortalHttp
+from flows.errors import PermanentError, TransientError
+from flows.http import URL_CHARS, PortalHttp, excerpt, origin_of
 from flows.portals.base import PartitionInfo, PartitionStats, SourceMetadata
 
 API = "data-fair/api/v1/datasets"
@@ -126,7 +126,7 @@ class DataFairClient:
                     raise TransientError("lines page without results", url=self.http.url(url))
                 if not rows:
                     break
-                following = doc.get("next")
+                following = self._next_link(dataset, doc.get("next"), stats.url)
                 pending = pool.submit(self.http.fetch_json, following) if following else None
                 url = following or url
                 stats.rows += len(rows)
@@ -134,6 +134,35 @@ class DataFairClient:
                 yield _frame(rows)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _next_link(self, dataset: Dataset, link: Any, lines_url: str) -> str | None:
+        """The page's `next` link, if it stays on the portal's origin; else the partition fails.
+
+        Data Fair's `next` is absolute, built on the portal's public URL (read.ts `nextLinkHref`:
+        `{publicBaseUrl}/api/v1/datasets/{id}/lines?...&after=...`), so its path may differ
+        from ours (dataset id for slug, the portal's own prefix) but its origin - scheme,
+        host and port - is the base URL's (see flows.http.origin_of for why http -> https
+        counts as another origin). Following a link elsewhere would let the portal, or
+        anyone who can alter its answer, make the pipeline request any host: refused, not
+        retried (the same answer would come back).
+        """
+        if link is None or link == "":
+            return None
+        if not isinstance(link, str):
+            raise PermanentError(
+                f"{dataset.name}: the lines page's `next` is not a URL but "
+                f"{type(link).__name__} {excerpt(str(link))}",
+                url=lines_url,
+            )
+        if self.http.origin and origin_of(link) == self.http.origin:
+            return link
+        refused = origin_of(link) or excerpt(link)
+        raise PermanentError(
+            f"{dataset.name}: refused to follow the lines page's `next` link to another origin "
+            f"{refused} (the portal's origin is {self.http.origin or self.http.base_url}); "
+            f"next = {excerpt(link, URL_CHARS)}",
+            url=lines_url,
+        )
 
     @staticmethod
     def _filter(dataset: Dataset, year: int) -> dict[str, Any]:
