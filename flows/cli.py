@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _stopped(signum)
             if not isinstance(exc, Exception):
                 raise  # SystemExit from argparse (usage errors, --help)
-            reason = _one_line(exc)
+            reason = _reason(exc)
             if "ephemeral Prefect API" in reason:
                 timeout = os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]
                 reason = f"{EPHEMERAL_HINT.format(timeout=timeout)} ({reason[:300]})"
@@ -294,16 +294,17 @@ def _prefect_sigterm_noted() -> Iterator[None]:
         yield
         return
 
-    def noted(signum: int, frame: types.FrameType | None) -> None:
+    def noted(signum: int, *args: object) -> None:
         global _prefect_echo
         if _received is not None:
             name = signal.Signals(signum).name
             _force_exit(_received, f"second signal {name}: cleanup cut short")
         _note(signum)
         _prefect_echo = signum
-        prefect_handler(signum, frame)
+        prefect_handler(signum, *args)  # raises TerminationSignal
 
-    engine._prefect_sigterm_handler = noted  # looked up by capture_sigterm at each flow run
+    # looked up by capture_sigterm each time a flow run starts
+    engine._prefect_sigterm_handler = noted  # type: ignore[assignment]
     try:
         yield
     finally:
@@ -598,6 +599,19 @@ def _demo(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
                 f"429, {figures['gzip']} gzipped, {figures['chunks']:,} chunks, "
                 f"{figures['bytes_sent']:,} bytes"
             )
+
+
+REASON_CHARS = 1500  # of a failure's one-line reason; the whole error is in the run's logs
+
+
+def _reason(exc: BaseException) -> str:
+    """A failure as one bounded line: its summary when it has one (a Spark job's headline and
+    root cause, not its log tail), cut at REASON_CHARS."""
+    summary = getattr(exc, "summary", None)
+    reason = _one_line(summary if isinstance(summary, str) and summary else exc)
+    if len(reason) > REASON_CHARS:
+        reason = reason[: REASON_CHARS - 40] + " ... (cut: the whole error is in the logs)"
+    return reason
 
 
 def _one_line(exc: BaseException | str) -> str:

@@ -152,13 +152,25 @@ def load_partition(
     started = time.monotonic()
     stats = PartitionStats()
     try:
-        return _load(plan, dataset, client, lake, load_id, settings, stats, started)
+        try:
+            return _load(plan, dataset, client, lake, load_id, settings, stats, started)
+        except BaseException:
+            _drop_own_staging(lake, plan, load_id)
+            raise
     except PipelineError as exc:
         raise exc.with_context(dataset=plan.dataset, partition=plan.label) from exc.__cause__
     except OSError as exc:  # the lake (or the spool) failed: name where, and what
         raise lake_error(exc, dataset=plan.dataset, partition=plan.label) from exc
     finally:
         client.close()
+
+
+def _drop_own_staging(lake: Lake, plan: PartitionPlan, load_id: str) -> None:
+    """A failed partition removes what it staged (a kill leaves it to the next run's sweep)."""
+    try:
+        lake.clear_staging(plan.dataset, plan.year, load_id)
+    except Exception as exc:  # the failure being raised matters more
+        log.warning("%s: could not remove its staging folder: %s", plan.label, exc)
 
 
 def _load(

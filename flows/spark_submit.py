@@ -56,6 +56,18 @@ class SparkJobFailed(PipelineError):
             parts += ["--- first error lines ---", *missing]
         parts += [f"--- last {len(self.log_tail)} log lines ---", *self.log_tail]
         super().__init__("\n".join(_clip(part) for part in parts))
+        cause = root_cause([*self.errors, *self.log_tail])
+        # What a one-line error shows: the headline and the deepest cause, not the log tail.
+        self.summary = f"{message}: {_clip(cause)}" if cause else message
+
+
+def root_cause(lines: Sequence[str]) -> str:
+    """The deepest `Caused by:` of a JVM stack trace (else the first error line), as said."""
+    causes = [line.split("Caused by:", 1)[1].strip() for line in lines if "Caused by:" in line]
+    if causes:
+        return causes[-1]
+    errors = [line.strip() for line in lines if _ERROR_LINE.match(line.strip())]
+    return errors[0] if errors else ""
 
 
 # Lines that name an error: a Python traceback start or a (Java or Python) exception headline.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from flows.emulator import PortalEmulator
+from tests.clienv import cli_env
 from tests.lakestate import lake_state
 from tests.lakeview import download_bucket
 
@@ -32,17 +32,7 @@ def portals() -> Iterator[PortalEmulator]:
 
 
 def _env(portals: PortalEmulator, **extra: str) -> dict[str, str]:
-    from prefect.settings import PREFECT_API_URL
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENERGY_PIPELINE_")}
-    env |= {
-        "ENERGY_PIPELINE_ODRE_URL": portals.urls["odre"],
-        "ENERGY_PIPELINE_ORE_URL": portals.urls["ore"],
-        "ENERGY_PIPELINE_ENEDIS_URL": portals.urls["enedis"],
-        "ENERGY_PIPELINE_SPARK_MASTER": "local[2]",
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-    }
-    return env | extra
+    return cli_env(portals, **extra)
 
 
 def _start(command: str, lake: str, env: dict[str, str]) -> subprocess.Popen[str]:

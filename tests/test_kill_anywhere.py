@@ -30,6 +30,7 @@ import pytest
 from flows.crashpoints import ENV as CRASH_ENV
 from flows.crashpoints import POINTS
 from flows.emulator import PortalEmulator
+from tests.clienv import cli_env
 from tests.lakestate import lake_state, owner_processes
 
 DATASETS = "departement,commune,nationale_annuelle"
@@ -51,18 +52,7 @@ def portals() -> Iterator[PortalEmulator]:
 
 
 def _env(portals: PortalEmulator, **extra: str) -> dict[str, str]:
-    from prefect.settings import PREFECT_API_URL
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENERGY_PIPELINE_")}
-    env |= {
-        "ENERGY_PIPELINE_ODRE_URL": portals.urls["odre"],
-        "ENERGY_PIPELINE_ORE_URL": portals.urls["ore"],
-        "ENERGY_PIPELINE_ENEDIS_URL": portals.urls["enedis"],
-        "ENERGY_PIPELINE_SPARK_MASTER": "local[2]",
-        "ENERGY_PIPELINE_HTTP_BACKOFF_BASE": "0.05",
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),  # the session's test server
-    }
-    return env | extra
+    return cli_env(portals, **{"ENERGY_PIPELINE_HTTP_BACKOFF_BASE": "0.05"}, **extra)
 
 
 def _command(lake: Path) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from prefect.blocks.notifications import SlackWebhook
@@ -13,33 +12,12 @@ from pydantic import SecretStr
 
 from flows.flow import IngestFailed, pipeline
 from flows.notify import SLACK_BLOCK_ENV
-
-
-class Receiver(ThreadingHTTPServer):
-    """A local HTTP endpoint standing in for Slack; keeps every JSON body it gets."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict] = []
-        self.arrived = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                receiver.messages.append(json.loads(self.rfile.read(length) or b"{}"))
-                receiver.arrived.set()
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                return
-
-        super().__init__(("127.0.0.1", 0), Handler)
+from tests.slack_receiver import SlackReceiver
 
 
 @pytest.fixture
-def slack(monkeypatch) -> Iterator[Receiver]:
-    receiver = Receiver()
+def slack(monkeypatch) -> Iterator[SlackReceiver]:
+    receiver = SlackReceiver()
     thread = threading.Thread(target=receiver.serve_forever, daemon=True)
     thread.start()
     url = f"json://127.0.0.1:{receiver.server_address[1]}/slack"

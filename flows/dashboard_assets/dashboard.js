@@ -95,7 +95,7 @@
   const regionName = (code) => D.regions[code] || code;
   const departementName = (code) => (D.departements[code] && D.departements[code][0]) || code;
 
-  /* ISO 8601 only: Date.parse also reads "x 1" or "<img src=x ...=1>" as a date (2001). */
+  /* ISO 8601 only: Date.parse reads text such as "x 1" as a date (2001), not as text. */
   const ISO_INSTANT = /^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$/i;
 
   function stamp(value) {
