@@ -40,7 +40,8 @@ def _run_name() -> str:
 def sweep(lake: Lake) -> dict[str, Any]:
     """Remove or finish what dead runs left; call only while holding the lake's lease."""
     found: dict[str, Any] = {}
-    found["processes"] = sweep_dead_runs()
+    processes = sweep_dead_runs()
+    found["processes"] = processes if any(processes.values()) else {}
     found["staging"] = lake.sweep_staging()
     found["loads"] = recover_loads(lake)
     found.update(recover_publish(lake))

@@ -56,12 +56,12 @@ def deployed_stack(
     **env_overrides: str,
 ) -> Iterator[dict[str, Any]]:
     """Server + bootstrap (blocks on moto, a Slack receiver) + `prefect deploy` + a worker."""
-    from tests.test_slack_hook import Receiver
+    from tests.slack_receiver import SlackReceiver
 
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
         Bucket=bucket
     )
-    slack = Receiver()
+    slack = SlackReceiver()
     threading.Thread(target=slack.serve_forever, daemon=True).start()
     try:
         with prefect_server(home) as env:

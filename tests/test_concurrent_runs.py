@@ -116,7 +116,9 @@ def test_a_second_run_that_may_not_wait_fails_naming_the_holder(
     portals: PortalEmulator, tmp_path: Path
 ) -> None:
     lake = tmp_path / "lake"
-    portals.inject("slow", dataset="departement", request="lines", delay=8.0, times=1)
+    # the first run holds the lease for at least this long: longer than a loaded machine takes
+    # to start the second CLI (Python, Prefect, settings) up to its lease request
+    portals.inject("slow", dataset="departement", request="lines", delay=30.0, times=1)
     first = _start("ingest", str(lake), _env(portals))
     deadline = time.monotonic() + 120
     while not (lake / "_lease").exists() or not (lake / "_lease").read_text():

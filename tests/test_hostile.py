@@ -465,7 +465,9 @@ def hostile_run(emulator_session: PortalEmulator, tmp_path_factory) -> Iterator[
             with pytest.raises(IngestFailed) as failure:
                 pipeline([DATASET], [YEAR], settings=settings)
             assert receiver.arrived.wait(10)
-        yield SimpleNamespace(error=failure.value, slack=receiver.messages, portal=portal)
+        yield SimpleNamespace(
+            error=failure.value, slack=receiver.messages, portal=portal, lake=lake
+        )
     finally:
         for server in (portal, receiver):
             stop(server)
@@ -489,6 +491,14 @@ def test_a_megabyte_hostile_error_body_becomes_one_short_clean_line(hostile_run)
     assert "Erreur interne" in reason and "\u202e" not in reason and "\x1b" not in reason
     summary = str(hostile_run.error)
     assert "\n" not in summary and printable(summary) and len(summary) <= 600
+    # the load manifest records the same short clean reason, nothing more of the body
+    manifest = json.loads(
+        (hostile_run.lake / "_manifests" / "loads" / f"{report.load_id}.json").read_text()
+    )
+    [recorded] = [p for p in manifest["partitions"] if p["status"] == "failed"]
+    assert recorded["reason"] == reason
+    text = json.dumps(manifest, ensure_ascii=False)
+    assert "\u202e" not in text and "\x1b" not in text  # (markup is inert in JSON)
 
 
 # ---------------------------------------------------------------------- 3. Slack
