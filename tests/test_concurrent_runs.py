@@ -85,16 +85,25 @@ def test_concurrent_ingests_on_a_local_lake_take_turns(
     print(f"{runs} concurrent ingests: {elapsed:.1f} s in all")
 
 
+@pytest.mark.parametrize("runs", [2, 3])
 def test_concurrent_ingests_on_an_s3_lake_take_turns(
-    portals: PortalEmulator, clean: dict, s3_endpoint: str, s3_bucket: str, tmp_path: Path
+    runs: int,
+    portals: PortalEmulator,
+    clean: dict,
+    s3_endpoint: str,
+    s3_bucket: str,
+    tmp_path: Path,
 ) -> None:
     env = _env(portals, ENERGY_PIPELINE_S3_ENDPOINT=s3_endpoint)
-    results = _together("ingest", f"s3://{s3_bucket}/lake", env, 2)
-    assert [code for code, _ in results] == [0, 0], [err[-1500:] for _, err in results]
-    local = download_bucket(s3_endpoint, s3_bucket, tmp_path / "copy") / "lake"
+    prefix = f"lake-{runs}"  # a lake of its own, whatever the bucket holds already
+    results = _together("ingest", f"s3://{s3_bucket}/{prefix}", env, runs)
+    assert [code for code, _ in results] == [0] * runs, [err[-1500:] for _, err in results]
+    local = download_bucket(s3_endpoint, s3_bucket, tmp_path / "copy") / prefix
     windows = _load_windows(local)
-    assert len(windows) == 2 and windows[0][1] <= windows[1][0], windows
-    assert not (local / "_lease.json").exists()  # released by both
+    assert len(windows) == runs, windows
+    for (_, end), (start, _) in itertools.pairwise(windows):
+        assert end <= start, f"two loads wrote at once: {windows}"
+    assert not (local / "_lease.json").exists()  # released by all
     state = lake_state(local)
     assert state["problems"] == []
     assert state["raw"] == clean["raw"]
