@@ -614,7 +614,8 @@ def test_slacks_own_plugin_gets_the_message_escaped_exactly_once(monkeypatch):
 
     api = SlackApi()
     monkeypatch.setattr(apprise.plugins.slack.requests, "request", api.request)
-    hook = "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"
+    # A made-up webhook in Slack's URL shape (no such workspace; the request never leaves).
+    hook = "https://hooks.slack.com/services/" + "/".join(["TFAKE", "BFAKE", "fake" * 6])
     SlackWebhook(url=SecretStr(hook)).save("hostile-test-slack-api", overwrite=True)
     monkeypatch.setenv(SLACK_BLOCK_ENV, "hostile-test-slack-api")
     state = failed_state(3, HOSTILE_REASON)
