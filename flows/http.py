@@ -240,12 +240,6 @@ def origin_of(url: str) -> str:
     return f"{scheme}://{host}:{port or DEFAULT_PORTS[scheme]}"
 
 
-def same_origin(url: str, base: str) -> bool:
-    """Whether `url` is on the origin of `base` (scheme, host and port all equal)."""
-    origin = origin_of(url)
-    return bool(origin) and origin == origin_of(base)
-
-
 def join_url(base: str, path: str) -> str:
     """Join a path onto a base URL, keeping the base's own path prefix."""
     if path.startswith(("http://", "https://")):
@@ -508,11 +502,6 @@ def _read_error_body(response: httpx.Response) -> tuple[str, bool]:
         return bytes(data).decode("utf-8", "replace"), complete
 
 
-def _body_text(response: httpx.Response) -> str:
-    """The start of an error body, decoded; "" when there is none or it cannot be read."""
-    return _read_error_body(response)[0]
-
-
 def _json_object(text: str) -> dict[str, Any] | None:
     try:
         doc = orjson.loads(text)
@@ -545,7 +534,7 @@ def _render_error(body: str) -> str:
 
 def _error_text(response: httpx.Response) -> str:
     """The readable error of a response (see `_render_error`)."""
-    return _render_error(_body_text(response))
+    return _render_error(_read_error_body(response)[0])
 
 
 def _decode_json(body: bytes, url: str) -> Any:
