@@ -24,8 +24,8 @@ test: setup
 	uv run pytest
 
 lint: setup
-	uv run ruff check flows tests bench spark deployments
-	uv run ruff format --check flows tests bench spark deployments
+	uv run ruff check flows emulator tests bench spark deployments
+	uv run ruff format --check flows emulator tests bench spark deployments
 	uv run mypy flows
 
 bench: setup

@@ -24,16 +24,16 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flows.aggregate import GOLD_TABLES, run_aggregate  # noqa: E402
-from flows.catalog import get_dataset  # noqa: E402
-from flows.emulator import PortalEmulator  # noqa: E402
+from emulator import PortalEmulator  # noqa: E402
 from flows.flow import ingest  # noqa: E402
-from flows.lake import Lake  # noqa: E402
+from flows.gold.aggregate import GOLD_TABLES, run_aggregate  # noqa: E402
+from flows.gold.spark_submit import jvm_startup_seconds  # noqa: E402
+from flows.lake.fs import Lake  # noqa: E402
 from flows.settings import Settings  # noqa: E402
-from flows.spark_submit import jvm_startup_seconds  # noqa: E402
-from flows.spool import lake_schema  # noqa: E402
-from tests.gold_reference import queries  # noqa: E402
-from tests.spark_cluster import standalone_cluster  # noqa: E402
+from flows.sources.catalog import get_dataset  # noqa: E402
+from flows.sources.spool import lake_schema  # noqa: E402
+from tests.support.gold_reference import queries  # noqa: E402
+from tests.support.spark_cluster import standalone_cluster  # noqa: E402
 
 CHUNK = 500_000
 

@@ -42,12 +42,13 @@ def main() -> None:
 
     import tempfile
 
-    from flows.catalog import DATASETS, get_dataset
-    from flows.emulator import PortalEmulator
-    from flows.ingest import load_partition, new_load_id, plan_dataset
-    from flows.lake import Lake
-    from flows.portals import client_for
+    from emulator import PortalEmulator
+    from flows.lake.fs import Lake
+    from flows.lake.layout import new_load_id
     from flows.settings import Settings
+    from flows.sources.catalog import DATASETS, get_dataset
+    from flows.sources.ingest import load_partition, plan_dataset
+    from flows.sources.portals import client_for
 
     year = 2023
     with PortalEmulator(adresse_rows={year: args.adresse_rows}) as emulator:

@@ -32,12 +32,13 @@ def pipeline(enedis_url: str, lake: str, leased: str = "") -> dict[str, float]:
     released), that cost included in the time."""
     import contextlib
 
-    from flows.catalog import get_dataset
-    from flows.ingest import load_partition, new_load_id, plan_dataset
-    from flows.lake import Lake
-    from flows.portals import client_for
+    from flows.lake.fs import Lake
+    from flows.lake.layout import new_load_id
+    from flows.lake.writer import writing
     from flows.settings import Settings
-    from flows.writer import writing
+    from flows.sources.catalog import get_dataset
+    from flows.sources.ingest import load_partition, plan_dataset
+    from flows.sources.portals import client_for
 
     settings = Settings(lake=lake, enedis_url=enedis_url)
     dataset = get_dataset("adresse")
@@ -91,7 +92,7 @@ def _child(mode: str, *args: str) -> dict[str, float]:
 
 def _emulator(rows: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "flows.emulator", "--years", str(YEAR), "--adresse-rows", str(rows)],
+        [sys.executable, "-m", "emulator", "--years", str(YEAR), "--adresse-rows", str(rows)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -245,7 +245,7 @@ class GoldLake:
 
     def raw_partitions(self, rows: dict[str, dict[int, int]], masked: dict[str, float]) -> None:
         """Raw pointers by dataset and year, ORE files with masked rows, the load manifest."""
-        from flows.catalog import DATASETS
+        from flows.sources.catalog import DATASETS
 
         partitions = []
         now = datetime.now(UTC).isoformat()
@@ -606,8 +606,8 @@ def build_step(lake_path: str, scale: str) -> dict[str, Any]:
 
 def dashboard_step(lake_path: str) -> dict[str, Any]:
     """build_dashboard on the lake: wall time, phases, peak RSS, page and lazy file sizes."""
-    import flows.dashboard as dashboard
-    from flows.lake import Lake
+    import flows.outputs.dashboard as dashboard
+    from flows.lake.fs import Lake
 
     phases: dict[str, float] = {}
     peaks: dict[str, float] = {}  # peak RSS so far when each phase ended
@@ -656,9 +656,9 @@ def dashboard_step(lake_path: str) -> dict[str, Any]:
 
 def hyper_step(lake_path: str) -> dict[str, Any]:
     """write_hyper_extracts of every gold table: wall time, rows/s, peak RSS, .hyper sizes."""
-    from flows.aggregate import GOLD_TABLES
-    from flows.lake import Lake
-    from flows.tableau import write_hyper_extracts
+    from flows.gold.aggregate import GOLD_TABLES
+    from flows.lake.fs import Lake
+    from flows.outputs.tableau import write_hyper_extracts
 
     started = time.perf_counter()
     written = write_hyper_extracts(Lake(lake_path), list(GOLD_TABLES))

@@ -26,8 +26,8 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from flows import runtime
-from flows.catalog import DATASETS
 from flows.settings import YEAR_MAX, YEAR_MIN, Settings, env_name
+from flows.sources.catalog import DATASETS
 
 # Prefect waits 20 s by default for its ephemeral API; a fresh PREFECT_HOME (database
 # migrations) on a busy 2-core machine took about 28 s here. A user's own setting wins.
@@ -488,7 +488,7 @@ def _progress(enabled: bool) -> Iterator[None]:
         TimeElapsedColumn,
     )
 
-    from flows.report import listening
+    from flows.outputs.report import listening
 
     bars = Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -522,7 +522,7 @@ def _progress(enabled: bool) -> Iterator[None]:
 
 
 def _print_ingest(partitions: list[dict[str, Any]]) -> None:
-    from flows.report import RunSummary
+    from flows.outputs.report import RunSummary
 
     _table(
         "Ingestion",
@@ -579,7 +579,7 @@ def _print_publish(manifest: dict[str, Any]) -> None:
 
 
 def _demo(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
-    from flows.emulator import PortalEmulator
+    from emulator import PortalEmulator
     from flows.flow import pipeline
 
     with PortalEmulator() as emulator:

@@ -18,29 +18,27 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from pydantic import Field
 
-from flows.aggregate import AggregateReport, run_aggregate
-from flows.blocks import resolve_settings
-from flows.catalog import DATASETS, get_dataset
+from flows.alerts.notify import notify_failure
 from flows.crashpoints import crashpoint
-from flows.dashboard import build_dashboard
 from flows.errors import PipelineError, is_transient
-from flows.ingest import (
+from flows.gold.aggregate import AggregateReport, run_aggregate
+from flows.lake import layout
+from flows.lake.blocks import resolve_settings
+from flows.lake.fs import Lake, lake_error
+from flows.lake.writer import writing
+from flows.outputs.dashboard import build_dashboard
+from flows.outputs.report import IngestProgress, RunSummary, create_run_artifacts, emit
+from flows.outputs.tableau import HYPER_MISSING, hyper_available, write_hyper_extracts
+from flows.settings import YEAR_MAX, YEAR_MIN, Settings
+from flows.sources.catalog import DATASETS, get_dataset
+from flows.sources.ingest import (
     LOAD,
     PartitionPlan,
     PartitionResult,
-    load_manifest_path,
     load_partition,
-    loads_running_marker,
-    new_load_id,
     plan_dataset,
 )
-from flows.lake import Lake, lake_error
-from flows.notify import notify_failure
-from flows.portals import client_for
-from flows.report import IngestProgress, RunSummary, create_run_artifacts, emit
-from flows.settings import YEAR_MAX, YEAR_MIN, Settings
-from flows.tableau import HYPER_MISSING, hyper_available, write_hyper_extracts
-from flows.writer import writing
+from flows.sources.portals import client_for
 
 T = TypeVar("T")
 
@@ -201,10 +199,10 @@ def _run_ingest(
 ) -> IngestReport:
     logger = get_run_logger()
     lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
-    report = IngestReport(load_id=new_load_id(), lake=settings.lake)
+    report = IngestReport(load_id=layout.new_load_id(), lake=settings.lake)
     # A marker a killed run leaves behind: the next run rebuilds this load's manifest from
     # the pointers of what it committed (recover_loads).
-    lake.write_json(loads_running_marker(report.load_id), {"load_id": report.load_id})
+    lake.write_json(layout.load_running_marker(report.load_id), {"load_id": report.load_id})
     plan_futures = [plan_task.submit(name, years, force, settings) for name in names]
     plans: list[PartitionPlan] = []
     for name, future in zip(names, plan_futures, strict=True):
@@ -244,9 +242,9 @@ def _run_ingest(
         f"skipped, {report.count('failed')} failed"
     )
     try:
-        lake.write_json(load_manifest_path(report.load_id), report.to_dict())
+        lake.write_json(layout.load_manifest(report.load_id), report.to_dict())
         crashpoint("ingest-manifest-written")
-        lake.remove(loads_running_marker(report.load_id))
+        lake.remove(layout.load_running_marker(report.load_id))
     except OSError as exc:  # the failure summary must survive a manifest that cannot be written
         problem = lake_error(exc, dataset="(all)", partition=f"load manifest {report.load_id}")
         if not report.failed:
@@ -254,7 +252,7 @@ def _run_ingest(
         logger.error("%s; %s", summary, problem)
         summary += f"; the load manifest could not be written: {problem}"
     else:
-        logger.info("%s; manifest %s", summary, load_manifest_path(report.load_id))
+        logger.info("%s; manifest %s", summary, layout.load_manifest(report.load_id))
     if report.failed:
         first = report.failed[0]
         error = IngestFailed(f"{len(report.failed)} partition(s) failed; first: {first.reason}")

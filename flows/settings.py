@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ENERGY_PIPELINE_"
@@ -59,7 +59,11 @@ class Settings(BaseSettings):
     """Every knob of the pipeline, with the embedded defaults of CONTRACT.md."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", allow_inf_nan=False
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        allow_inf_nan=False,
+        populate_by_name=True,
     )
 
     lake: str = Field("./lake", description="Lake root: a path, file://..., or s3://bucket/prefix")
@@ -118,6 +122,25 @@ class Settings(BaseSettings):
         gt=0,
         description="S3 lake lease: a holder that has not renewed it for this long is presumed "
         "dead and can be taken over",
+    )
+    demo_lake: str = Field(
+        "./lake-demo", description="The lake of `energy-pipeline demo` (never ENERGY_PIPELINE_LAKE)"
+    )
+    jars_dir: str | None = Field(
+        None,
+        description="Folder of the S3A jars (scripts/fetch-spark-jars.sh); empty means "
+        "~/.cache/energy-pipeline/jars",
+    )
+    s3_region: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "s3_region", f"{ENV_PREFIX}S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"
+        ),
+        description="Region S3A signs for (also read from AWS_REGION, AWS_DEFAULT_REGION); "
+        "a custom endpoint without one signs for us-east-1",
+    )
+    slack_block: str = Field(
+        "energy-pipeline-slack", description="SlackWebhook block that failed runs are sent to"
     )
     lease_wait_s: float = Field(
         3600.0,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Headless Chromium for tests/test_dashboard.py (Playwright drives it; no `playwright install`).
+# Headless Chromium for tests/integration/test_dashboard.py (Playwright drives it; no `playwright install`).
 # Idempotent: does nothing when `chromium` is already on PATH; otherwise installs Debian's
 # `chromium` package and a font with the glyphs French labels need (root, or sudo).
 # Prints the browser's path on stdout last; progress goes to stderr.

@@ -522,7 +522,7 @@ def run(spark: SparkSession, lake: str, staging: str, years: Sequence[int] | Non
 
 # --- the job ends with the program that started it ----------------------------------------
 
-PARENT_ENV = "ENERGY_PIPELINE_PARENT_PID"  # "<pid>:<start ticks>", set by flows.spark_submit
+PARENT_ENV = "ENERGY_PIPELINE_PARENT_PID"  # "<pid>:<start ticks>", set by flows.gold.spark_submit
 WATCH_INTERVAL_S = 1.0
 JVM_DELETE_TIMEOUT_S = 30.0
 JVM_EXIT_WAIT_S = 10.0

@@ -15,10 +15,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.emulator import PortalEmulator
+from emulator import PortalEmulator
 from flows.settings import Settings
 
-pytest_plugins = ["tests.emulator_http"]  # the emulator tests' `emu` and `client` fixtures
+pytest_plugins = ["tests.support.emulator_http"]  # the emulator tests' `emu` and `client` fixtures
 
 TEST_OUTPUT = Path(os.environ.get("TEST_OUTPUT_DIR", "test-output"))
 
@@ -101,8 +101,8 @@ def emulator_lake(emulator_session: PortalEmulator, tmp_path_factory) -> Iterato
     copy the tables they need first. Writing `dashboard/` or `gold/<table>.hyper` next to the
     tables is fine: no gold reader looks there.
     """
-    from flows.aggregate import run_aggregate
     from flows.flow import ingest
+    from flows.gold.aggregate import run_aggregate
 
     emulator_session.reset()
     lake = tmp_path_factory.mktemp("emulator-gold") / "lake"

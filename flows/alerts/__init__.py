@@ -1,0 +1,1 @@
+"""Alerts: where a failed run is said (Slack, by block name)."""

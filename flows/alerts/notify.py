@@ -1,0 +1,116 @@
+"""Failure messages with what only the flow knows, sent through the Slack block."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from prefect.blocks.notifications import SlackWebhook
+
+from flows.sources.http import one_line
+
+log = logging.getLogger(__name__)
+
+SLACK_BLOCK_ENV = "ENERGY_PIPELINE_SLACK_BLOCK"
+DEFAULT_SLACK_BLOCK = "energy-pipeline-slack"
+# The Slack block posts the body as the mrkdwn text of one section block, which Slack caps at
+# 3000 characters: the whole message, escaped, stays below that.
+MESSAGE_LIMIT = 2900
+LINE_LIMIT = 600  # one failed partition's line, escaped
+HEADER_LIMIT = 150  # the plain_text header the title goes to, as Apprise escapes it
+
+
+def slack_escape(text: str) -> str:
+    """Text that Slack shows as typed: `&`, `<` and `>` as entities, so that no `<!channel>`,
+    `<@user>` or `<https://...|label>` in it becomes a mention or a disguised link
+    (https://api.slack.com/reference/surfaces/formatting#escaping). The block sends the body
+    as is, in a section block (`_post_as_section`)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_line(text: str, limit: int = LINE_LIMIT) -> str:
+    """One line of untrusted text, escaped for Slack, at most `limit` characters escaped
+    (cut between characters, never inside an entity, and then marked with `…`)."""
+    escaped = [slack_escape(char) for char in one_line(text)]
+    if sum(len(e) for e in escaped) <= limit:
+        return "".join(escaped)
+    kept, used = [], 1  # room for the mark
+    for piece in escaped:
+        if used + len(piece) > limit:
+            break
+        kept.append(piece)
+        used += len(piece)
+    return "".join(kept) + "…"
+
+
+def failure_message(flow_name: str, run_name: str, state: Any) -> str:
+    """Flow, run, state, and each failed partition with its URL and the quarantine count.
+
+    Every piece of text is escaped for Slack and the whole is bounded (MESSAGE_LIMIT): a
+    failure reason quotes what a portal answered, which must not ping a channel or hide a link.
+    """
+    head = slack_line(f"energy-pipeline: flow run {flow_name}/{run_name} ended {state.name}.")
+    error = state.result(raise_on_failure=False)
+    report = getattr(error, "report", None)
+    lines: list[str] = []
+    tail: list[str] = []
+    if report is not None:
+        lines = [
+            slack_line(f"- {failed.partition} failed: {failed.reason}") for failed in report.failed
+        ]
+        quarantined = sum(r.rows_quarantined for r in report.results)
+        tail.append(
+            slack_line(f"Rows quarantined in this load: {quarantined} (load {report.load_id}).")
+        )
+        where = f"the load manifest _manifests/loads/{report.load_id}.json"
+    else:
+        lines = [slack_line(f"Reason: {state.message}")]
+        where = "the flow run's logs"
+    return _bounded(head, lines, tail, where)
+
+
+def _bounded(head: str, lines: list[str], tail: list[str], where: str) -> str:
+    """head, as many lines as fit, a note of those left out, then the tail."""
+    room = MESSAGE_LIMIT - sum(len(t) + 1 for t in [head, *tail]) - 100  # 100: the note
+    shown: list[str] = []
+    for line in lines:
+        if room - (len(line) + 1) < 0:
+            break
+        shown.append(line)
+        room -= len(line) + 1
+    if len(shown) < len(lines):
+        shown.append(slack_line(f"… and {len(lines) - len(shown)} more: see {where}.", 100))
+    return "\n".join([head, *shown, *tail])[:MESSAGE_LIMIT]
+
+
+def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow on_failure hook: never raises, so the original failure stays what the run shows."""
+    name = os.environ.get(SLACK_BLOCK_ENV, DEFAULT_SLACK_BLOCK)
+    try:
+        block: Any = SlackWebhook.load(name)
+        _post_as_section(block)
+        body = failure_message(flow.name, flow_run.name, state)
+        # the title goes to a plain_text header that Apprise escapes itself (max 150 chars)
+        subject = one_line(f"energy-pipeline {flow_run.name} {state.name}")
+        while len(slack_escape(subject)) > HEADER_LIMIT:
+            subject = subject[:-1]
+        with block.raise_on_failure():
+            block.notify(body=body, subject=subject)
+    except Exception as exc:  # the alert must not mask the failure it reports
+        log.warning("could not send the failure to Slack block %r: %s", name, exc)
+
+
+def _post_as_section(block: Any) -> None:
+    """Have Apprise's Slack plugin post the body unchanged, as the mrkdwn text of a section.
+
+    Its default for webhooks (legacy attachments) escapes `&`, `<` and `>` of a body given
+    without a format once more - Slack would show the `&lt;` escaped here and a URL's `&` as
+    `&amp;` - then turns back into markup whatever then reads as `<!channel>`, `<@user>` or
+    `<url|label>`, so an unescaped body would ping. Its Block Kit mode sends the body as is.
+    """
+    from apprise.plugins.slack import NotifySlack
+
+    for server in getattr(block, "_apprise_client", None) or ():
+        if isinstance(server, NotifySlack):
+            server.use_blocks = True

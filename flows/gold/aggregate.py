@@ -1,0 +1,90 @@
+"""The aggregation step: spark-submit the gold-table job, then publish what it staged."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flows.crashpoints import crashpoint
+from flows.gold.spark_submit import is_s3, run_spark_submit, s3a_jars, spark_conf, to_spark_uri
+from flows.lake.fs import Lake, lake_error
+from flows.lake.layout import PUBLISH_POINTER, new_load_id, version_folder
+from flows.lake.publish import PublishError, publish_tables
+from flows.settings import Settings
+
+log = logging.getLogger(__name__)
+
+APP = Path(__file__).resolve().parents[2] / "spark" / "aggregate.py"
+GOLD_TABLES = (
+    "conso_adresse",
+    "conso_commune",
+    "conso_departement",
+    "conso_region",
+    "conso_secteur",
+    "conso_nationale",
+    "conso_regionale_brute",
+    "conso_journaliere",
+)
+
+
+@dataclass
+class AggregateReport:
+    """What a publish did: tables and rows, skipped tables, consistency checks."""
+
+    run_id: str
+    manifest: dict[str, Any]
+
+    @property
+    def warnings(self) -> list[dict[str, Any]]:
+        """Consistency checks that found something."""
+        return [c for c in self.manifest["checks"] if c["status"] == "warning"]
+
+
+def run_aggregate(
+    settings: Settings,
+    years: Sequence[int] | None = None,
+    tables: Sequence[str] | None = None,
+    on_line: Callable[[str], None] = log.info,
+) -> AggregateReport:
+    """Build every gold table with Spark and publish them; gold is untouched on failure."""
+    lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
+    run_id = new_load_id()
+    staging = version_folder(run_id)  # the job writes where the tables will stay
+    committed = False
+    arguments = ["--lake", to_spark_uri(settings.lake), "--staging", staging,
+                 "--tables", ",".join(tables or GOLD_TABLES)]  # fmt: skip
+    if years:
+        arguments += ["--years", ",".join(str(y) for y in years)]
+    try:
+        run_spark_submit(
+            APP,
+            arguments,
+            master=settings.spark_master,
+            conf=spark_conf(
+                settings.lake,
+                settings.s3_endpoint,
+                settings.spark_master,
+                driver_memory=settings.spark_driver_memory,
+            ),
+            jars=s3a_jars() if is_s3(settings.lake) else [],
+            env={},
+            timeout_s=settings.spark_timeout_s,
+            on_line=on_line,
+        )
+        result = lake.read_json(f"{staging}/_result.json")
+        if result is None:
+            raise PublishError("the Spark job left no result", url=lake.path(staging))
+        crashpoint("gold-staged")
+        manifest = publish_tables(lake, run_id, staging, result)
+        committed = True
+    except OSError as exc:
+        raise lake_error(exc, dataset="gold", partition=f"publish {run_id}") from exc
+    finally:
+        if not committed:  # unless it failed after its commit: the version is then published
+            committed = (lake.read_json(PUBLISH_POINTER) or {}).get("run_id") == run_id
+        if not committed:
+            lake.remove(staging)
+    return AggregateReport(run_id=run_id, manifest=manifest)

@@ -1,0 +1,201 @@
+"""Publishing gold tables: one publish, one commit.
+
+The Spark job writes every table of a run into its own version folder,
+`gold/_versions/<run_id>/<table>/` (with `<table>.csv.d/` beside it). Publishing writes one
+document, `gold/_publish.json`, naming the version of every table (this run's, and the
+previous publish's for tables this run did not rebuild) and the run's checks: writing it is
+the commit (a rename locally, a single PUT on S3). A reader that follows it sees the tables of
+exactly one publish, never a mix.
+
+For plain readers (DuckDB, pandas, Spark, Tableau pointed at `gold/<table>/`), the committed
+versions are then materialised at `gold/<table>/` and `gold/<table>.csv`, each swapped whole
+(hard links locally, no byte copied; copies on S3), with a per-table `_current.json` written
+from the publish pointer. A run killed between the commit and that step leaves plain views one
+publish behind; the next run brings them up to date before doing anything else (`recover`).
+
+Superseded versions are deleted once no reader can still be reading them (RETIRED_GRACE_S);
+versions no pointer ever named (a killed run's) are deleted at the next run's start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from flows.crashpoints import crashpoint
+from flows.errors import PipelineError
+from flows.lake import layout
+from flows.lake.fs import RETIRED_GRACE_S, Lake
+from flows.lake.layout import PUBLISH_POINTER, VERSIONS, version_folder
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(PipelineError):
+    """A staged table could not be published."""
+
+
+def publish_tables(lake: Lake, run_id: str, staging: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Commit every table the job staged in one step, then refresh the plain views."""
+    now = datetime.now(UTC).isoformat()
+    previous = lake.read_json(PUBLISH_POINTER) or {}
+    tables: dict[str, Any] = dict(previous.get("tables", {}))
+    published = {}
+    for table, rows in result["tables"].items():
+        staged = f"{staging}/{table}"
+        files = lake.files_below(staged, ".parquet")
+        if not files and rows:
+            raise PublishError(f"staged table {table} has {rows} rows but no Parquet file",
+                               url=lake.path(staged))  # fmt: skip
+        csv = lake.files_below(layout.staged_csv(staged), ".csv")
+        if len(csv) != 1:
+            raise PublishError(f"staged table {table} has {len(csv)} CSV parts, expected one",
+                               url=lake.path(layout.staged_csv(staged)))  # fmt: skip
+        tables[table] = {
+            "run_id": run_id,
+            "rows": rows,
+            "folder": staged,
+            "files": files,
+            "csv": f"{layout.staged_csv(staged)}/{csv[0]}",
+        }
+        published[table] = {"rows": rows, "files": len(files)}
+    manifest = {
+        "run_id": run_id,
+        "lake": lake.uri,
+        "published_at": now,
+        "years": result.get("years"),
+        "tables": published,
+        "skipped": result.get("skipped", []),
+        "checks": result.get("checks", []),
+    }
+    referenced = {_version_of(entry) for entry in tables.values()}
+    retired = {
+        version: stamp
+        for version, stamp in previous.get("retired", {}).items()
+        if version not in referenced
+    }
+    for entry in previous.get("tables", {}).values():
+        if _version_of(entry) not in referenced:
+            retired.setdefault(_version_of(entry), now)
+    pointer = {**manifest, "tables": tables, "retired": retired}
+    lake.check_lease()
+    lake.write_json(PUBLISH_POINTER, pointer)  # the commit
+    crashpoint("publish-committed")
+    lake.write_json(layout.publish_manifest(run_id), manifest)
+    refresh_plain_views(lake, pointer)
+    collect_versions(lake, pointer, keep=run_id)
+    crashpoint("published")
+    return manifest
+
+
+def published(lake: Lake) -> dict[str, Any] | None:
+    """The publish pointer: every table's current version, or None before the first publish."""
+    return lake.read_json(PUBLISH_POINTER)
+
+
+def table_files(lake: Lake, table: str) -> tuple[str, list[str]]:
+    """A gold table's current version as (lake-relative folder, Parquet files relative to it).
+
+    Follows the publish pointer; a lake published before it existed falls back to the plain
+    view (`gold/<table>/` and its `_current.json`).
+    """
+    pointer = published(lake)
+    if pointer is not None and table in pointer.get("tables", {}):
+        entry = pointer["tables"][table]
+        return entry["folder"], sorted(n for n in entry["files"] if n.endswith(".parquet"))
+    folder = layout.gold_table(table)
+    return folder, lake.current_files(folder)
+
+
+def refresh_plain_views(lake: Lake, pointer: dict[str, Any]) -> list[str]:
+    """Bring `gold/<table>/` and `gold/<table>.csv` to the versions the pointer names."""
+    refreshed = []
+    for table, entry in pointer.get("tables", {}).items():
+        current = lake.read_json(layout.gold_pointer(table)) or {}
+        if current.get("run_id") == entry["run_id"] and current.get("files") == entry["files"]:
+            continue
+        _materialise(lake, pointer["run_id"], table, entry)
+        refreshed.append(table)
+        crashpoint("view-refreshed")
+    return refreshed
+
+
+def _materialise(lake: Lake, publish_id: str, table: str, entry: dict[str, Any]) -> None:
+    view = {
+        "run_id": entry["run_id"],
+        "publish": publish_id,
+        "table": table,
+        "rows": entry["rows"],
+        "files": entry["files"],
+        "published_at": datetime.now(UTC).isoformat(),
+    }
+    csv_target = layout.gold_csv(table)
+    if lake.is_local:
+        staged = layout.gold_staging(f"{publish_id}-{table}")
+        lake.remove(staged)
+        for name in entry["files"]:
+            _link(lake.path(f"{entry['folder']}/{name}"), lake.path(f"{staged}/{name}"))
+        lake.commit_folder(staged, layout.gold_table(table), view)
+        csv_staged = layout.gold_staging(f"{publish_id}-{table}.csv")
+        _link(lake.path(entry["csv"]), lake.path(csv_staged))
+        lake.replace_file(csv_staged, csv_target)
+        return
+    lake.commit_folder(entry["folder"], layout.gold_table(table), view, keep_staged=True)
+    lake.fs.copy(lake.path(entry["csv"]), lake.path(csv_target))
+
+
+def _link(source: str, target: str) -> None:
+    """A hard link (no byte copied); a copy where the filesystem has none."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(target)
+    try:
+        os.link(source, target)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(source, target)
+
+
+def collect_versions(lake: Lake, pointer: dict[str, Any] | None, keep: str = "") -> list[str]:
+    """Delete versions no reader can need: never published (a dead run's), or superseded
+    longer than the grace period. Call while holding the lake's lease."""
+    referenced = {_version_of(e) for e in (pointer or {}).get("tables", {}).values()}
+    retired = (pointer or {}).get("retired", {})
+    horizon = time.time() - RETIRED_GRACE_S
+    removed = []
+    for name in lake.listing(VERSIONS):
+        version = version_folder(name)
+        if version in referenced or name == keep:
+            continue
+        stamp = retired.get(version)
+        if stamp is not None and datetime.fromisoformat(stamp).timestamp() > horizon:
+            continue
+        lake.remove(version)
+        removed.append(version)
+    return removed
+
+
+def recover(lake: Lake) -> dict[str, Any]:
+    """At a run's start, under the lease: finish what a killed publish left undone."""
+    pointer = published(lake)
+    refreshed: list[str] = []
+    if pointer is not None:
+        refreshed = refresh_plain_views(lake, pointer)
+        path = layout.publish_manifest(pointer["run_id"])
+        if lake.read_json(path) is None:
+            manifest = {k: v for k, v in pointer.items() if k != "retired"}
+            manifest["tables"] = {t: {"rows": e["rows"], "files": len(e["files"])}
+                                  for t, e in pointer["tables"].items()
+                                  if e["run_id"] == pointer["run_id"]}  # fmt: skip
+            lake.write_json(path, manifest)
+    removed = collect_versions(lake, pointer)
+    return {"views_refreshed": refreshed, "versions_removed": removed}
+
+
+def _version_of(entry: dict[str, Any]) -> str:
+    return str(entry["folder"]).rsplit("/", 1)[0]
