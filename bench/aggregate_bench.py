@@ -11,6 +11,7 @@ time alone, and the same eight tables computed by DuckDB as a single-machine ref
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -26,9 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 from emulator import PortalEmulator  # noqa: E402
 from flows.flow import ingest  # noqa: E402
-from flows.gold.aggregate import GOLD_TABLES, run_aggregate  # noqa: E402
-from flows.gold.spark_submit import jvm_startup_seconds  # noqa: E402
+from flows.gold.aggregate import run_aggregate  # noqa: E402
+from flows.gold.spark_submit import run_spark_submit, spark_conf  # noqa: E402
+from flows.gold.tables import GOLD_TABLES  # noqa: E402
+from flows.lake import layout  # noqa: E402
 from flows.lake.fs import Lake  # noqa: E402
+from flows.runtime import scratch_dir  # noqa: E402
 from flows.settings import Settings  # noqa: E402
 from flows.sources.catalog import get_dataset  # noqa: E402
 from flows.sources.spool import lake_schema  # noqa: E402
@@ -82,8 +86,8 @@ def build_lake(lake: Path, adresse_rows: int, commune_rows: int) -> int:
         settings = Settings(lake=str(lake), **urls)
         ingest(settings=settings)
     rng = np.random.default_rng(7)
-    adresse = pd.read_parquet(lake / "raw" / "adresse" / "annee=2023")
-    commune = pd.read_parquet(lake / "raw" / "commune" / "annee=2023")
+    adresse = pd.read_parquet(lake / layout.raw_partition("adresse", 2023))
+    commune = pd.read_parquet(lake / layout.raw_partition("commune", 2023))
     adresse_years, commune_years = range(2018, 2024), range(2021, 2024)
     for year in adresse_years:
         chunks = _scaled(adresse, adresse_rows // len(adresse_years), rng, "libelle_de_voie",
@@ -94,10 +98,34 @@ def build_lake(lake: Path, adresse_rows: int, commune_rows: int) -> int:
                          ["conso_totale_mwh"])  # fmt: skip
         _commit(lake, "commune", year, chunks)
     total = 0
-    for dataset_dir in (lake / "raw").iterdir():
-        for part in dataset_dir.glob("annee=*/*.parquet"):
+    for dataset_dir in (lake / layout.RAW).iterdir():
+        for part in dataset_dir.glob(f"{layout.YEAR_FOLDER}*/*.parquet"):
             total += pq.ParquetFile(part).metadata.num_rows
     return total
+
+
+def jvm_startup_seconds(timeout_s: float = 120.0) -> float:
+    """Seconds spark-submit takes to start a local JVM and run an empty PySpark app."""
+    tmp = scratch_dir("spark-noop-")
+    try:
+        app = Path(tmp) / "noop.py"
+        app.write_text(
+            "from pyspark.sql import SparkSession\nSparkSession.builder.getOrCreate().stop()\n"
+        )
+        started = time.monotonic()
+        run_spark_submit(
+            app,
+            [],
+            master="local[1]",
+            conf=spark_conf(tmp, None, "local[1]"),
+            jars=[],
+            env={},
+            timeout_s=timeout_s,
+            on_line=lambda _line: None,
+        )
+        return time.monotonic() - started
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def spark_seconds(lake: Path, master: str) -> float:

@@ -3,7 +3,8 @@
 Generates, with PyArrow and a fixed seed (no Spark), a gold lake laid out like the one the
 aggregate step publishes: `gold/<table>/annee=<YYYY>/part-00000-<uuid>.c000.snappy.parquet`
 (one file per year, as Spark's `repartition("annee")` writes it) with `_SUCCESS` and
-`_current.json`, the columns and types of CONTRACT.md section 3, rows in shuffled order.
+`_current.json`, the columns of `flows.gold.tables` with the types the Spark job writes, rows
+in shuffled order.
 Sizes at `--scale 1`: `conso_adresse` 8M rows over 2021-2023 (35k communes, four of them
 with 100k+ addresses), `conso_commune` 13 years x 35k communes x 2 filières x 5 grands
 secteurs, the other tables to match, `conso_journaliere` 13 years x 19 regions ('FR' too).
@@ -44,7 +45,11 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SAMPLES = ROOT / "flows" / "emulator" / "samples"
+from flows.gold.tables import GOLD_TABLES, PARTITION, TABLES  # noqa: E402
+from flows.lake import layout  # noqa: E402
+from flows.sources.catalog import FILIERES  # noqa: E402
+
+SAMPLES = ROOT / "emulator" / "samples"
 SEED = 7
 YEARS = list(range(2011, 2024))  # 13 years of ORE, ODRE annual and daily data
 ADDRESS_YEARS = [2021, 2022, 2023]
@@ -59,87 +64,39 @@ BIG_COMMUNES = [
 ]
 DOM_COMMUNES = {"971": 32, "972": 34, "973": 22, "974": 24, "976": 17}
 SECTEURS = ["AGRICULTURE", "INCONNU", "INDUSTRIE", "RESIDENTIEL", "TERTIAIRE"]
-FILIERES = ["Electricité", "Gaz"]
 SETTLED = (
     "document.documentElement.dataset.ready === '1'"
     " && document.documentElement.dataset.pending === '0'"
 )
 STEP_TIMEOUT_MS = 600_000
 
+# The gold schemas as the Spark job writes them: the contract's columns (annee is in the
+# folder names only), text unless typed here.
+TYPES = {
+    "date": pa.date32(),
+    "nombre_de_logements": pa.int64(),
+    "nb_sites": pa.int64(),
+    "nb_lignes_masquees": pa.int64(),
+    "nb_pas_electricite": pa.int64(),
+    "nb_pas_gaz": pa.int64(),
+    "conso_totale_mwh": pa.float64(),
+    "conso_moyenne_mwh": pa.float64(),
+    "gaz_mwh": pa.float64(),
+    "electricite_mwh": pa.float64(),
+    "total_mwh": pa.float64(),
+}
+NOT_NULL = {"adresse", "nb_pas_electricite", "nb_pas_gaz"}
+SCHEMAS = {
+    name: pa.schema(
+        pa.field(column, TYPES.get(column, pa.string()), nullable=column not in NOT_NULL)
+        for column in table.columns
+        if column != PARTITION
+    )
+    for name, table in TABLES.items()
+}
 S = pa.string()
 I64 = pa.int64()
 F64 = pa.float64()
-ORE_MEASURES = [
-    pa.field("nb_sites", I64),
-    pa.field("conso_totale_mwh", F64),
-    pa.field("conso_moyenne_mwh", F64),
-    pa.field("nb_lignes_masquees", I64),
-]
-ENERGY = [pa.field("gaz_mwh", F64), pa.field("electricite_mwh", F64), pa.field("total_mwh", F64)]
-# The gold schemas as the Spark job writes them (annee is in the folder names only).
-SCHEMAS = {
-    "conso_adresse": pa.schema(
-        [pa.field("adresse", S, nullable=False)]
-        + [
-            pa.field(n, S)
-            for n in ["code_iris", "code_commune", "nom_commune", "code_departement", "code_region"]
-        ]
-        + [
-            pa.field("nombre_de_logements", I64),
-            pa.field("conso_totale_mwh", F64),
-            pa.field("conso_moyenne_mwh", F64),
-        ]
-    ),
-    "conso_commune": pa.schema(
-        [
-            pa.field(n, S)
-            for n in [
-                "code_commune",
-                "nom_commune",
-                "code_departement",
-                "code_region",
-                "filiere",
-                "code_grand_secteur",
-            ]
-        ]
-        + ORE_MEASURES
-    ),
-    "conso_departement": pa.schema(
-        [
-            pa.field(n, S)
-            for n in [
-                "code_departement",
-                "nom_departement",
-                "code_region",
-                "filiere",
-                "code_grand_secteur",
-            ]
-        ]
-        + ORE_MEASURES
-    ),
-    "conso_region": pa.schema(
-        [pa.field(n, S) for n in ["code_region", "nom_region", "filiere", "code_grand_secteur"]]
-        + ORE_MEASURES
-    ),
-    "conso_secteur": pa.schema(
-        [pa.field(n, S) for n in ["filiere", "code_grand_secteur", "code_secteur_naf2"]]
-        + ORE_MEASURES
-    ),
-    "conso_nationale": pa.schema(ENERGY),
-    "conso_regionale_brute": pa.schema(
-        [pa.field("code_region", S), pa.field("nom_region", S), *ENERGY]
-    ),
-    "conso_journaliere": pa.schema(
-        [
-            pa.field("date", pa.date32()),
-            pa.field("code_region", S),
-            pa.field("electricite_mwh", F64),
-            pa.field("gaz_mwh", F64),
-            pa.field("nb_pas_electricite", I64, nullable=False),
-            pa.field("nb_pas_gaz", I64, nullable=False),
-        ]
-    ),
-}
 
 
 def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
@@ -174,7 +131,7 @@ class GoldLake:
     def __init__(self, root: Path, rng: np.random.Generator) -> None:
         self.root = root
         self.rng = rng
-        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self.run_id = layout.new_load_id()
         self.load_id = self.run_id
         self.files: dict[str, list[str]] = {}
         self.rows: dict[str, int] = {}
@@ -184,8 +141,9 @@ class GoldLake:
         if shuffle and data.num_rows > 1:
             data = data.take(pa.array(self.rng.permutation(data.num_rows)))
         data = data.select(SCHEMAS[table].names).cast(SCHEMAS[table])
-        name = f"annee={year}/part-00000-{uuid.UUID(bytes=self.rng.bytes(16))}.c000.snappy.parquet"
-        path = self.root / "gold" / table / name
+        part = f"part-00000-{uuid.UUID(bytes=self.rng.bytes(16))}.c000.snappy.parquet"
+        name = f"{layout.YEAR_FOLDER}{year}/{part}"
+        path = self.root / layout.gold_table(table) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(data, path, compression="snappy")
         self.files.setdefault(table, []).append(name)
@@ -195,7 +153,7 @@ class GoldLake:
         """Pointers, _SUCCESS markers and the publish manifest."""
         now = datetime.now(UTC).isoformat()
         for table, files in self.files.items():
-            folder = self.root / "gold" / table
+            folder = self.root / layout.gold_table(table)
             (folder / "_SUCCESS").write_bytes(b"")
             pointer = {
                 "run_id": self.run_id,
@@ -204,7 +162,7 @@ class GoldLake:
                 "files": files,
                 "published_at": now,
             }
-            (folder / "_current.json").write_text(json.dumps(pointer, indent=2))
+            (self.root / layout.gold_pointer(table)).write_text(json.dumps(pointer, indent=2))
         checks = [
             (
                 "communes_vs_departements",
@@ -240,7 +198,7 @@ class GoldLake:
                 for name, status, problems, summary in checks
             ],
         }
-        self._json(f"_manifests/publish/{self.run_id}.json", manifest)
+        self._json(layout.publish_manifest(self.run_id), manifest)
         return manifest
 
     def raw_partitions(self, rows: dict[str, dict[int, int]], masked: dict[str, float]) -> None:
@@ -252,7 +210,7 @@ class GoldLake:
         for name, by_year in rows.items():
             dataset = DATASETS[name]
             for year, count in by_year.items():
-                folder = self.root / "raw" / name / f"annee={year}"
+                folder = self.root / layout.raw_partition(name, year)
                 folder.mkdir(parents=True, exist_ok=True)
                 files = []
                 quarantined = int(self.rng.integers(0, 40)) if name in ("adresse", "commune") else 0
@@ -277,11 +235,13 @@ class GoldLake:
                     "files": files,
                     "committed_at": now,
                 }
-                (folder / "_current.json").write_text(json.dumps(pointer, indent=2))
+                (self.root / layout.raw_pointer(name, year)).write_text(
+                    json.dumps(pointer, indent=2)
+                )
                 partitions.append(
                     {
                         "dataset": name,
-                        "partition": f"{name}/annee={year}",
+                        "partition": layout.partition_label(name, year),
                         "year": year,
                         "status": "loaded",
                         "reason": "never loaded",
@@ -300,7 +260,7 @@ class GoldLake:
                     }
                 )
         self._json(
-            f"_manifests/loads/{self.load_id}.json",
+            layout.load_manifest(self.load_id),
             {
                 "load_id": self.load_id,
                 "lake": str(self.root),
@@ -584,7 +544,7 @@ def build_lake(root: Path, scale: float) -> dict[str, Any]:
     biggest = int(np.argmax(sizes))
     return {
         "tables": manifest["tables"],
-        "gold_bytes": _folder_size(root / "gold", "*.parquet")[1],
+        "gold_bytes": _folder_size(root / layout.GOLD, "*.parquet")[1],
         "largest": {
             "year": max(ADDRESS_YEARS),
             "addresses": int(sizes[biggest]),
@@ -638,8 +598,7 @@ def dashboard_step(lake_path: str) -> dict[str, Any]:
     started = time.perf_counter()
     dashboard.build_dashboard(Lake(lake_path))
     seconds = time.perf_counter() - started
-    folder = Path(lake_path) / "dashboard"
-    build = sorted((folder / "data").iterdir())[-1]
+    build = sorted((Path(lake_path) / layout.dashboard_builds()).iterdir())[-1]
     files, size = _folder_size(build, "*.js")
     largest = max(p.stat().st_size for p in build.rglob("*.js"))
     return {
@@ -647,7 +606,7 @@ def dashboard_step(lake_path: str) -> dict[str, Any]:
         "phases": {k: round(v, 2) for k, v in phases.items()},
         "peak_rss_after_mb": {k: round(v) for k, v in peaks.items()},
         "peak_rss_mb": _peak_rss_mb(),
-        "index_bytes": (folder / "index.html").stat().st_size,
+        "index_bytes": (Path(lake_path) / layout.dashboard_page()).stat().st_size,
         "lazy_files": files,
         "lazy_bytes": size,
         "largest_lazy_bytes": largest,
@@ -656,21 +615,20 @@ def dashboard_step(lake_path: str) -> dict[str, Any]:
 
 def hyper_step(lake_path: str) -> dict[str, Any]:
     """write_hyper_extracts of every gold table: wall time, rows/s, peak RSS, .hyper sizes."""
-    from flows.gold.aggregate import GOLD_TABLES
     from flows.lake.fs import Lake
     from flows.outputs.tableau import write_hyper_extracts
 
     started = time.perf_counter()
     written = write_hyper_extracts(Lake(lake_path), list(GOLD_TABLES))
     seconds = time.perf_counter() - started
-    gold = Path(lake_path) / "gold"
+    hyper_files = [Path(lake_path) / layout.gold_hyper(table) for table in written]
     return {
         "seconds": seconds,
         "rows": sum(w["rows"] for w in written.values()),
         "tables": {t: w["seconds"] for t, w in written.items()},
         "peak_rss_mb": _peak_rss_mb(),
         "hyperd_peak_rss_mb": _peak_rss_mb(resource.RUSAGE_CHILDREN),
-        "hyper_bytes": sum(p.stat().st_size for p in gold.glob("*.hyper")),
+        "hyper_bytes": sum(p.stat().st_size for p in hyper_files),
     }
 
 
@@ -858,9 +816,7 @@ def main() -> None:
         )
         hyper = _child("hyper", str(lake))
         print(f"extracts written in {hyper['seconds']:.1f} s", flush=True)
-        page = _child(
-            "browser", str(lake / "dashboard" / "index.html"), json.dumps(built["largest"])
-        )
+        page = _child("browser", str(lake / layout.dashboard_page()), json.dumps(built["largest"]))
         if page["errors"]:
             print(f"browser errors: {page['errors']}")
         print(f"charts drawn (marks per chart): {page['charts']}")

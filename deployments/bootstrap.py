@@ -11,9 +11,8 @@ Crashed. Every value comes from the environment (see `BootstrapConfig.from_env`)
 
 from __future__ import annotations
 
-import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -27,50 +26,70 @@ from prefect.events.actions import ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
 from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
-from pydantic import SecretStr
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PORTALS = ("odre", "ore", "enedis")
+from flows.settings import (
+    ENV_PREFIX,
+    PREFECT_PREFIX,
+    PrefectNames,
+    Settings,
+    env_name,
+    portal_limit,
+)
+from flows.sources.catalog import PORTALS
+
 FAILED_STATES = ("prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut")
 NOTIFICATION = """Flow run {{ flow.name }}/{{ flow_run.name }} ended {{ flow_run.state.name }}.
 Message: {{ flow_run.state.message }}
 Run: {{ flow_run|ui_url }}"""
 
 
-@dataclass(frozen=True)
-class BootstrapConfig:
-    """What to create, from ENERGY_PIPELINE_* and the standard AWS variables."""
+class BootstrapConfig(BaseSettings):
+    """What to create: ENERGY_PIPELINE_* and the standard AWS variables, checked like the
+    pipeline's own settings (a bad number fails naming its variable)."""
 
-    prefix: str
-    s3_bucket: str | None
-    s3_folder: str
-    s3_endpoint: str | None
-    aws_access_key_id: str | None
-    aws_secret_access_key: str | None
-    aws_region: str | None
-    slack_webhook_url: str | None
-    portal_concurrency: int
-    heartbeat_grace_s: int
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    prefect_prefix: str = PREFECT_PREFIX
+    s3_bucket: str | None = None
+    s3_folder: str = "lake"
+    s3_endpoint: str | None = None
+    aws_access_key_id: str | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: str | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
+    aws_region: str | None = Field(
+        None, validation_alias=AliasChoices("AWS_DEFAULT_REGION", "AWS_REGION")
+    )
+    slack_webhook_url: str | None = None
+    portal_concurrency: int = Field(Settings.model_fields["portal_concurrency"].default, ge=1)
+    heartbeat_grace_s: int = Field(90, ge=30)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> BootstrapConfig:
-        """Read the configuration; nothing secret has a default."""
-        env = dict(os.environ if env is None else env)
-        return cls(
-            prefix=env.get("ENERGY_PIPELINE_PREFECT_PREFIX", "energy-pipeline"),
-            s3_bucket=env.get("ENERGY_PIPELINE_S3_BUCKET"),
-            s3_folder=env.get("ENERGY_PIPELINE_S3_FOLDER", "lake"),
-            s3_endpoint=env.get("ENERGY_PIPELINE_S3_ENDPOINT"),
-            aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
-            aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
-            aws_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"),
-            slack_webhook_url=env.get("ENERGY_PIPELINE_SLACK_WEBHOOK_URL"),
-            portal_concurrency=int(env.get("ENERGY_PIPELINE_PORTAL_CONCURRENCY", "2")),
-            heartbeat_grace_s=int(env.get("ENERGY_PIPELINE_HEARTBEAT_GRACE_S", "90")),
-        )
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BootstrapConfig:
+        """The configuration from the process environment, or from the given variables."""
+        if env is None:
+            return cls()
+        values: dict[str, Any] = {}
+        for field, info in cls.model_fields.items():
+            names = [env_name(field)]
+            alias = info.validation_alias
+            if isinstance(alias, str):
+                names = [alias]
+            elif isinstance(alias, AliasChoices):
+                names = [str(choice) for choice in alias.choices]
+            found = next((env[name] for name in names if env.get(name)), None)
+            if found is not None:
+                values[field] = found
+        return cls.model_validate(values, by_name=True)
+
+    @property
+    def names(self) -> PrefectNames:
+        """Every Prefect resource name, from the prefix."""
+        return PrefectNames(self.prefect_prefix)
 
     def name(self, suffix: str) -> str:
         """A resource name with the project prefix."""
-        return f"{self.prefix}-{suffix}"
+        return self.names.resource(suffix)
 
 
 def _plain(value: Any) -> Any:
@@ -118,13 +137,13 @@ def lake_blocks(config: BootstrapConfig) -> dict[str, str]:
             ),
             region_name=config.aws_region,
         )
-    done = {"credentials": save_block(credentials, config.name("s3-credentials"))}
+    done = {"credentials": save_block(credentials, config.names.s3_credentials_block)}
     bucket = S3Bucket(
         bucket_name=config.s3_bucket,
         bucket_folder=config.s3_folder,
-        credentials=type(credentials).load(config.name("s3-credentials")),
+        credentials=type(credentials).load(config.names.s3_credentials_block),
     )
-    done["bucket"] = save_block(bucket, config.name("lake"))
+    done["bucket"] = save_block(bucket, config.names.lake_block)
     return done
 
 
@@ -132,7 +151,9 @@ def slack_block(config: BootstrapConfig) -> str | None:
     """The core SlackWebhook block both the automations and the flow hook send through."""
     if not config.slack_webhook_url:
         return None
-    return save_block(SlackWebhook(url=SecretStr(config.slack_webhook_url)), config.name("slack"))
+    return save_block(
+        SlackWebhook(url=SecretStr(config.slack_webhook_url)), config.names.slack_block
+    )
 
 
 def work_pools(config: BootstrapConfig) -> dict[str, str]:
@@ -140,7 +161,7 @@ def work_pools(config: BootstrapConfig) -> dict[str, str]:
     done = {}
     with get_client(sync_client=True) as client:
         for kind in ("process", "docker"):
-            name = config.name(kind)
+            name = config.names.work_pool(kind)
             try:
                 client.read_work_pool(name)
                 done[name] = "unchanged"
@@ -155,7 +176,7 @@ def concurrency_limits(config: BootstrapConfig) -> dict[str, str]:
     done = {}
     with get_client(sync_client=True) as client:
         for portal in PORTALS:
-            name = config.name(f"portal-{portal}")
+            name = portal_limit(config.names.portal_limit_prefix, portal)
             try:
                 limit = client.read_global_concurrency_limit_by_name(name)
             except ObjectNotFound:
@@ -207,7 +228,7 @@ def automations(config: BootstrapConfig) -> dict[str, str]:
     """Failed/Crashed/TimedOut runs to Slack; runs that stopped beating marked Crashed."""
     done = {}
     if config.slack_webhook_url:
-        slack = SlackWebhook.load(config.name("slack"))
+        slack = SlackWebhook.load(config.names.slack_block)
         failed = Automation(
             name=config.name("run-failed-to-slack"),
             description="Flow runs that end Failed, Crashed or TimedOut are posted to Slack.",

@@ -20,14 +20,19 @@ import sys
 import threading
 import types
 from collections.abc import Iterator, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from flows import runtime
 from flows.settings import YEAR_MAX, YEAR_MIN, Settings, env_name
-from flows.sources.catalog import DATASETS
+from flows.sources.catalog import DATASETS, PORTALS
+
+if TYPE_CHECKING:  # imported where used: nothing heavy before the inputs are checked
+    from flows.lake.publish import PublishManifest
+    from flows.outputs.report import RunSummary
+    from flows.sources.ingest import PartitionResult
 
 # Prefect waits 20 s by default for its ephemeral API; a fresh PREFECT_HOME (database
 # migrations) on a busy 2-core machine took about 28 s here. A user's own setting wins.
@@ -38,8 +43,6 @@ EPHEMERAL_HINT = (
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS higher (now {timeout} s), or start a "
     "server once with `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api"
 )
-DEMO_LAKE_ENV = "ENERGY_PIPELINE_DEMO_LAKE"
-DEMO_LAKE_DEFAULT = "./lake-demo"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORCE_EXIT_AFTER_S = 10.0  # cleanup after a stop signal may take this long, then os._exit
 PREFECT_DRAIN_S = 5.0  # flushing the run's logs and events to the temporary API before it stops
@@ -197,14 +200,18 @@ def _checked_settings(args: argparse.Namespace) -> tuple[Settings, dict[str, Any
     sources: dict[str, str] = {}
     if args.lake is not None:
         overrides["lake"], sources["lake"] = args.lake, "argument --lake"
-    elif args.command == "demo":  # the demo never touches ENERGY_PIPELINE_LAKE
-        overrides["lake"] = os.environ.get(DEMO_LAKE_ENV, DEMO_LAKE_DEFAULT)
-        sources["lake"] = DEMO_LAKE_ENV
+    demo_lake = args.command == "demo" and args.lake is None
     checked = dict(overrides)
     if args.command == "demo":  # the demo's portals are the emulator's: placeholders here
-        checked |= {f"{portal}_url": "http://127.0.0.1" for portal in ("odre", "ore", "enedis")}
+        checked |= {f"{portal}_url": "http://127.0.0.1" for portal in PORTALS}
+    if demo_lake:  # the demo never touches ENERGY_PIPELINE_LAKE: its own demo_lake instead
+        checked["lake"] = "."
     try:
-        return Settings(**checked), overrides
+        settings = Settings(**checked)
+        if demo_lake:
+            overrides["lake"] = settings.demo_lake
+            settings = settings.model_copy(update={"lake": settings.demo_lake})
+        return settings, overrides
     except ValidationError as exc:
         raise UsageError(_problems(exc, sources)) from None
     except SettingsError as exc:  # e.g. an unreadable .env file
@@ -232,12 +239,13 @@ def _run(args: argparse.Namespace, settings: Settings, overrides: dict[str, Any]
         _print_publish(aggregate(args.years, settings).manifest)
     elif args.command == "ingest":
         from flows.flow import ingest
+        from flows.sources.ingest import PartitionStatus
 
         report = ingest(args.datasets, args.years, args.force, settings)
-        _print_ingest([r.to_dict() for r in report.results])
+        _print_ingest(report.results)
         print(
-            f"load {report.load_id}: {report.count('loaded')} partitions loaded, "
-            f"{report.count('skipped')} skipped; lake {report.lake}"
+            f"load {report.load_id}: {report.count(PartitionStatus.LOADED)} partitions loaded, "
+            f"{report.count(PartitionStatus.SKIPPED)} skipped; lake {report.lake}"
         )
     else:
         from flows.flow import pipeline
@@ -521,29 +529,32 @@ def _progress(enabled: bool) -> Iterator[None]:
         yield
 
 
-def _print_ingest(partitions: list[dict[str, Any]]) -> None:
-    from flows.outputs.report import RunSummary
+def _print_ingest(partitions: list[PartitionResult]) -> None:
+    from flows.outputs.report import by_dataset
 
     _table(
         "Ingestion",
         ["dataset", "years", "loaded", "unchanged", "failed", "rows", "quarantined"],
-        [[d["dataset"], _years_text(d["years"]), d["loaded"], d["skipped"], d["failed"],
-          f"{d['rows_written']:,}", f"{d['rows_quarantined']:,}"]
-         for d in RunSummary("", "", partitions).by_dataset()],
+        [[d.dataset, _years_text(d.years), d.loaded, d.skipped, d.failed,
+          f"{d.rows_written:,}", f"{d.rows_quarantined:,}"]
+         for d in by_dataset(partitions)],
     )  # fmt: skip
 
 
-def _print_summary(summary: Any) -> None:
+def _print_summary(summary: RunSummary) -> None:
     """The final tables: ingestion, gold tables and checks, then where the outputs are."""
+    from flows.lake.publish import CheckStatus
+
     _print_ingest(summary.partitions)
     if summary.publish:
         _table("Gold tables", ["table", "rows", "Tableau extract"],
-               [[t, f"{f['rows']:,}", "yes" if t in summary.hyper else "no"]
-                for t, f in summary.publish["tables"].items()])  # fmt: skip
-        findings = [c for c in summary.check_rows() if c["status"] not in ("ok", "skipped")]
+               [[t, f"{f.rows:,}", "yes" if t in summary.hyper else "no"]
+                for t, f in summary.publish.tables.items()])  # fmt: skip
+        quiet = (CheckStatus.OK, CheckStatus.SKIPPED)
+        findings = [c for c in summary.check_rows() if c.status not in quiet]
         if findings:
             _table("Checks with findings", ["check", "scope", "status", "findings", "detail"],
-                   [[c["check"], c["scope"], c["status"], c["findings"], c["detail"]]
+                   [[c.check, c.scope, c.status, c.findings, c.detail]
                     for c in findings])  # fmt: skip
         _print_publish(summary.publish)
     if summary.hyper_message:
@@ -570,12 +581,11 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     Console(width=max(100, shutil.get_terminal_size().columns)).print(table)
 
 
-def _print_publish(manifest: dict[str, Any]) -> None:
-    tables = ", ".join(f"{t} ({f['rows']} rows)" for t, f in manifest["tables"].items())
-    print(f"published to {manifest['lake']}/gold/: {tables}")
-    for check in manifest["checks"]:
-        if check["status"] == "warning":
-            print(f"check {check['name']}: {check['problems']} finding(s) ({check['summary']})")
+def _print_publish(manifest: PublishManifest) -> None:
+    tables = ", ".join(f"{t} ({f.rows} rows)" for t, f in manifest.tables.items())
+    print(f"published to {manifest.lake}/gold/: {tables}")
+    for check in manifest.warnings:
+        print(f"check {check.name}: {check.problems} finding(s) ({check.summary})")
 
 
 def _demo(args: argparse.Namespace, overrides: dict[str, Any]) -> None:

@@ -1,76 +1,93 @@
-"""Prefect flows: ingestion with one task per partition, bounded concurrency, transient retries."""
+"""Prefect flows: ingestion with one task per partition, bounded concurrency, transient retries.
+
+One pipeline flow, `energy_pipeline`: the deployments run it with settings from the
+environment and blocks, the command line with its own settings. The ingest and aggregate
+flows run one step each.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar, cast
+from dataclasses import dataclass
+from typing import Annotated, Any, ParamSpec, TypeVar, cast
 
-from prefect import flow, get_run_logger, task
+from prefect import State, Task, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
 from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
-from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
 from flows.alerts.notify import notify_failure
 from flows.crashpoints import crashpoint
 from flows.errors import PipelineError, is_transient
 from flows.gold.aggregate import AggregateReport, run_aggregate
 from flows.lake import layout
-from flows.lake.blocks import resolve_settings
 from flows.lake.fs import Lake, lake_error
+from flows.lake.publish import PublishManifest
+from flows.lake.storage import resolve_settings
 from flows.lake.writer import writing
 from flows.outputs.dashboard import build_dashboard
 from flows.outputs.report import IngestProgress, RunSummary, create_run_artifacts, emit
 from flows.outputs.tableau import HYPER_MISSING, hyper_available, write_hyper_extracts
 from flows.settings import YEAR_MAX, YEAR_MIN, Settings
-from flows.sources.catalog import DATASETS, get_dataset
+from flows.sources.catalog import DATASETS, DatasetName, get_dataset
 from flows.sources.ingest import (
-    LOAD,
+    IngestReport,
     PartitionPlan,
     PartitionResult,
+    PartitionStatus,
+    PlanAction,
     load_partition,
     plan_dataset,
 )
 from flows.sources.portals import client_for
 
 T = TypeVar("T")
+P = ParamSpec("P")
+Year = Annotated[int, Field(ge=YEAR_MIN, le=YEAR_MAX)]
+DEFAULT_PARTITION_CONCURRENCY: int = Settings.model_fields["partition_concurrency"].default
+RunLogger = logging.Logger | logging.LoggerAdapter[logging.Logger]  # get_run_logger()'s
 
 
-@dataclass
-class IngestReport:
-    """What an ingestion run did, partition by partition."""
+@dataclass(frozen=True)
+class RunRequest:
+    """What a run is asked for, whichever entry point it came through (CLI, deployment)."""
 
-    load_id: str
-    lake: str
-    results: list[PartitionResult] = field(default_factory=list)
-    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    datasets: tuple[str, ...]  # catalog names, no repeats
+    years: tuple[int, ...] | None = None  # None: every year the portals hold
+    force: bool = False  # pull partitions again even when the source has not changed
+
+    @classmethod
+    def of(
+        cls,
+        datasets: Sequence[str] | None = None,
+        years: Sequence[int] | None = None,
+        force: bool = False,
+    ) -> RunRequest:
+        """A request from a flow's parameters: every dataset when none is named (an unknown
+        name is a ValueError), every year when none is."""
+        names = tuple(dict.fromkeys(datasets or DATASETS))
+        for name in names:
+            get_dataset(name)
+        return cls(names, tuple(years) if years else None, force)
 
     @property
-    def failed(self) -> list[PartitionResult]:
-        """Partitions that could not be loaded."""
-        return [r for r in self.results if r.status == "failed"]
+    def year_list(self) -> list[int] | None:
+        """The years as the steps take them (None: all)."""
+        return list(self.years) if self.years else None
 
-    def count(self, status: str) -> int:
-        """How many partitions ended with a status."""
-        return sum(r.status == status for r in self.results)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The load manifest."""
-        return {
-            "load_id": self.load_id,
-            "lake": self.lake,
-            "status": "failed" if self.failed else "completed",
-            "started_at": self.started_at,
-            "finished_at": datetime.now(UTC).isoformat(),
-            "partitions": [r.to_dict() for r in self.results],
-        }
+def _thread_pool(workers: int) -> TaskRunner[PrefectFuture[Any]]:
+    """Tasks in threads of this process, at most `workers` at a time."""
+    return cast(TaskRunner[PrefectFuture[Any]], ThreadPoolTaskRunner(max_workers=workers))
 
 
 class IngestFailed(PipelineError):
@@ -79,7 +96,7 @@ class IngestFailed(PipelineError):
     report: IngestReport | None = None
 
 
-def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+def _retry_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Retry a partition only when its failure was transient."""
     return is_transient(state.result(raise_on_failure=False))
 
@@ -92,9 +109,7 @@ def plan_task(
     dataset = get_dataset(dataset_name)
     client = client_for(dataset, settings)
     try:
-        plans = plan_dataset(
-            dataset, years, force, client, Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
-        )
+        plans = plan_dataset(dataset, years, force, client, Lake.from_settings(settings))
     except PipelineError as exc:
         raise exc.with_context(dataset=dataset_name, partition="(plan)") from exc.__cause__
     finally:
@@ -108,10 +123,10 @@ def plan_task(
 @contextmanager
 def _portal_slot(plan: PartitionPlan, settings: Settings) -> Iterator[None]:
     """Hold one slot of the portal's global concurrency limit (deployments) while loading."""
-    if not settings.portal_limit_prefix:
+    name = settings.portal_limit(get_dataset(plan.dataset).portal)
+    if name is None:
         yield
         return
-    name = f"{settings.portal_limit_prefix}-{get_dataset(plan.dataset).portal}"
     try:
         with concurrency(name, occupy=1, strict=True):
             yield
@@ -132,7 +147,7 @@ def _portal_slot(plan: PartitionPlan, settings: Settings) -> Iterator[None]:
 def ingest_partition_task(plan: PartitionPlan, settings: Settings, load_id: str) -> PartitionResult:
     """Load one partition end to end; transient failures are retried, nothing half-committed."""
     logger = get_run_logger()
-    lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
+    lake = Lake.from_settings(settings)
     with _portal_slot(plan, settings):
         result = load_partition(plan, settings, lake, load_id)
     logger.info(
@@ -149,11 +164,10 @@ def ingest_partition_task(plan: PartitionPlan, settings: Settings, load_id: str)
     )
     if result.rows_quarantined:
         logger.warning(
-            "%s: %d rows quarantined under quarantine/%s/annee=%d/",
+            "%s: %d rows quarantined under %s/",
             plan.label,
             result.rows_quarantined,
-            plan.dataset,
-            plan.year,
+            layout.quarantine_partition(plan.dataset, plan.year),
         )
     return result
 
@@ -163,7 +177,7 @@ def _skipped(plan: PartitionPlan) -> PartitionResult:
         dataset=plan.dataset,
         partition=plan.label,
         year=plan.year,
-        status="skipped",
+        status=PartitionStatus.SKIPPED,
         reason=plan.reason,
         source_signal=plan.signal,
         rows_expected=plan.count,
@@ -175,7 +189,7 @@ def _failed(plan: PartitionPlan, error: BaseException) -> PartitionResult:
         dataset=plan.dataset,
         partition=plan.label,
         year=plan.year,
-        status="failed",
+        status=PartitionStatus.FAILED,
         reason=str(error),
         source_signal=plan.signal,
         url=getattr(error, "url", "") or "",
@@ -183,27 +197,21 @@ def _failed(plan: PartitionPlan, error: BaseException) -> PartitionResult:
     )
 
 
-def run_ingest(
-    datasets: list[str] | None, years: list[int] | None, force: bool, settings: Settings
-) -> IngestReport:
+def run_ingest(request: RunRequest, settings: Settings) -> IngestReport:
     """Plan every dataset, then load partitions concurrently; write the load manifest."""
-    names = list(dict.fromkeys(datasets or DATASETS))
-    for name in names:
-        get_dataset(name)
     with writing(settings, command="ingest"):
-        return _run_ingest(names, years, force, settings)
+        return _run_ingest(request, settings)
 
 
-def _run_ingest(
-    names: list[str], years: list[int] | None, force: bool, settings: Settings
-) -> IngestReport:
+def _run_ingest(request: RunRequest, settings: Settings) -> IngestReport:
     logger = get_run_logger()
-    lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
+    lake = Lake.from_settings(settings)
     report = IngestReport(load_id=layout.new_load_id(), lake=settings.lake)
     # A marker a killed run leaves behind: the next run rebuilds this load's manifest from
     # the pointers of what it committed (recover_loads).
     lake.write_json(layout.load_running_marker(report.load_id), {"load_id": report.load_id})
-    plan_futures = [plan_task.submit(name, years, force, settings) for name in names]
+    names, years = request.datasets, request.year_list
+    plan_futures = [plan_task.submit(name, years, request.force, settings) for name in names]
     plans: list[PartitionPlan] = []
     for name, future in zip(names, plan_futures, strict=True):
         try:
@@ -214,7 +222,7 @@ def _run_ingest(
                     dataset=name,
                     partition=f"{name}/(plan)",
                     year=0,
-                    status="failed",
+                    status=PartitionStatus.FAILED,
                     reason=str(exc),
                     url=getattr(exc, "url", "") or "",
                 )
@@ -224,8 +232,8 @@ def _run_ingest(
         retry_delay_seconds=exponential_backoff(backoff_factor=settings.http_backoff_base),
         retry_jitter_factor=0.5,
     )
-    to_load = [p for p in plans if p.action == LOAD]
-    report.results.extend(_skipped(p) for p in plans if p.action != LOAD)
+    to_load = [p for p in plans if p.action == PlanAction.LOAD]
+    report.results.extend(_skipped(p) for p in plans if p.action != PlanAction.LOAD)
     progress = IngestProgress(total=len(to_load), skipped=len(plans) - len(to_load))
     loads = {partition_task.submit(p, settings, report.load_id): p for p in to_load}
     for load in as_completed(list(loads)):
@@ -238,8 +246,9 @@ def _run_ingest(
         report.results.append(result)
         progress.advance(result)
     summary = (
-        f"load {report.load_id}: {report.count('loaded')} loaded, {report.count('skipped')} "
-        f"skipped, {report.count('failed')} failed"
+        f"load {report.load_id}: {report.count(PartitionStatus.LOADED)} loaded, "
+        f"{report.count(PartitionStatus.SKIPPED)} skipped, "
+        f"{report.count(PartitionStatus.FAILED)} failed"
     )
     try:
         lake.write_json(layout.load_manifest(report.load_id), report.to_dict())
@@ -261,7 +270,7 @@ def _run_ingest(
     return report
 
 
-def _spark_line(logger: Any) -> Any:
+def _spark_line(logger: RunLogger) -> Callable[[str], None]:
     """Stream the Spark driver's log: its INFO chatter at debug level, the rest at info."""
 
     def emit(line: str) -> None:
@@ -279,12 +288,12 @@ def aggregate_task(settings: Settings, years: list[int] | None) -> AggregateRepo
     logger = get_run_logger()
     with writing(settings, command="aggregate"):
         report = run_aggregate(settings, years, on_line=_spark_line(logger))
-    for table, figures in report.manifest["tables"].items():
-        logger.info("published gold/%s: %d rows", table, figures["rows"])
+    for table, figures in report.manifest.tables.items():
+        logger.info("published gold/%s: %d rows", table, figures.rows)
     for check in report.warnings:
         logger.warning(
             "consistency check %s: %d finding(s), e.g. %s",
-            check["name"], check["problems"], check["examples"][:3],
+            check.name, check.problems, (check.examples or [])[:3],
         )  # fmt: skip
     return report
 
@@ -297,7 +306,7 @@ def ingest_flow(
     settings: Settings | None = None,
 ) -> IngestReport:
     """Pull every partition of the chosen datasets into the lake's raw zone."""
-    return run_ingest(datasets, years, force, settings or Settings())
+    return run_ingest(RunRequest.of(datasets, years, force), settings or Settings())
 
 
 @flow(name="aggregate", log_prints=True)
@@ -308,36 +317,34 @@ def aggregate_flow(
     return aggregate_task(settings or Settings(), years)
 
 
-@flow(name="energy-pipeline", log_prints=True, on_failure=[notify_failure])
-def pipeline_flow(
-    datasets: list[str] | None = None,
-    years: list[int] | None = None,
-    force: bool = False,
-    settings: Settings | None = None,
-) -> RunSummary:
-    """Ingest, then aggregate and publish; a failed ingest publishes nothing."""
-    return _ingest_then_aggregate(datasets, years, force, settings or Settings())
+@dataclass(frozen=True)
+class Outputs:
+    """What the outputs step wrote: the dashboard, and the Tableau extracts or why none."""
+
+    dashboard: str
+    hyper: dict[str, dict[str, Any]]
+    hyper_message: str | None
 
 
 @task(name="outputs", task_run_name="dashboard and Tableau extracts", cache_policy=NO_CACHE)
-def outputs_task(settings: Settings, manifest: dict[str, Any]) -> dict[str, Any]:
+def outputs_task(settings: Settings, manifest: PublishManifest) -> Outputs:
     """Rebuild the dashboard from the published tables; write a Hyper extract per table."""
     logger = get_run_logger()
-    lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
+    lake = Lake.from_settings(settings)
     with writing(settings, command="outputs"):
         emit("step_started", step="dashboard")
-        dashboard = build_dashboard(lake, manifest)
+        dashboard = build_dashboard(lake, manifest.to_dict())
         crashpoint("dashboard-written")
         logger.info("dashboard published: %s", dashboard)
         emit("step_started", step="tableau")
         if hyper_available():
-            hyper = write_hyper_extracts(lake, list(manifest["tables"]))
+            hyper = write_hyper_extracts(lake, list(manifest.tables))
             message = None
             logger.info("Tableau extracts: %s", ", ".join(f"{t}.hyper" for t in hyper))
         else:
             hyper, message = {}, HYPER_MISSING
             logger.warning(message)
-    return {"dashboard": dashboard, "hyper": hyper, "hyper_message": message}
+    return Outputs(dashboard=dashboard, hyper=hyper, hyper_message=message)
 
 
 @task(name="report", task_run_name="run report", cache_policy=NO_CACHE)
@@ -346,62 +353,50 @@ def report_task(summary: RunSummary) -> None:
     create_run_artifacts(summary)
 
 
-def _timed(timings: dict[str, float], step: str, call: Callable[..., T], *args: Any) -> T:
+def _timed(
+    timings: dict[str, float], step: str, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
     """Run one step, recording its wall time under `step`."""
     started = time.monotonic()
     try:
-        return call(*args)
+        return call(*args, **kwargs)
     finally:
         timings[step] = time.monotonic() - started
 
 
-def _ingest_then_aggregate(
-    datasets: list[str] | None, years: list[int] | None, force: bool, settings: Settings
-) -> RunSummary:
+def _ingest_then_aggregate(request: RunRequest, settings: Settings) -> RunSummary:
     """Ingest → aggregate → publish → dashboard and extracts → report, under one lease."""
     with writing(settings, command="pipeline"):
-        return _pipeline_steps(datasets, years, force, settings)
+        return _pipeline_steps(request, settings)
 
 
-def _pipeline_steps(
-    datasets: list[str] | None, years: list[int] | None, force: bool, settings: Settings
-) -> RunSummary:
+def _pipeline_steps(request: RunRequest, settings: Settings) -> RunSummary:
     timings: dict[str, float] = {}
     try:
-        ingested = _timed(timings, "ingest", run_ingest, datasets, years, force, settings)
+        ingested = _timed(timings, "ingest", run_ingest, request, settings)
     except IngestFailed as failure:
         if failure.report is not None:  # the UI still gets what was and was not loaded
             report_task(RunSummary(settings.lake, failure.report.load_id,
-                                   [r.to_dict() for r in failure.report.results]))  # fmt: skip
+                                   list(failure.report.results)))  # fmt: skip
         raise
     emit("step_started", step="aggregate")
-    aggregated = _timed(timings, "aggregate and publish", aggregate_task, settings, years)
+    aggregated = _timed(timings, "aggregate and publish", aggregate_task, settings,
+                        request.year_list)  # fmt: skip
     outputs = _timed(timings, "dashboard and extracts", outputs_task, settings,
                      aggregated.manifest)  # fmt: skip
     summary = RunSummary(
         lake=settings.lake,
         load_id=ingested.load_id,
-        partitions=[r.to_dict() for r in ingested.results],
+        partitions=list(ingested.results),
         publish=aggregated.manifest,
+        dashboard=outputs.dashboard,
+        hyper=outputs.hyper,
+        hyper_message=outputs.hyper_message,
         timings=timings,
-        **outputs,
     )
     report_task(summary)
     emit("run_done", summary=summary)
     return summary
-
-
-DatasetName = Literal[
-    "adresse",
-    "commune",
-    "departement",
-    "nationale_annuelle",
-    "regionale_annuelle",
-    "nationale_quotidienne",
-    "regionale_quotidienne",
-]
-Year = Annotated[int, Field(ge=YEAR_MIN, le=YEAR_MAX)]
-DEFAULT_PARTITION_CONCURRENCY: int = Settings.model_fields["partition_concurrency"].default
 
 
 @flow(
@@ -409,26 +404,25 @@ DEFAULT_PARTITION_CONCURRENCY: int = Settings.model_fields["partition_concurrenc
     log_prints=True,
     on_failure=[notify_failure],
     # Partitions load in parallel, bounded; each portal is also held to its own limit.
-    task_runner=cast(Any, ThreadPoolTaskRunner(max_workers=DEFAULT_PARTITION_CONCURRENCY)),
+    task_runner=_thread_pool(DEFAULT_PARTITION_CONCURRENCY),
 )
 def energy_pipeline(
     datasets: list[DatasetName] | None = None,
     years: list[Year] | None = None,
     force: bool = False,
-) -> dict[str, Any]:
-    """The deployed pipeline: ingest, aggregate, publish; settings from env and blocks.
+    settings: SkipJsonSchema[Settings | None] = None,
+) -> RunSummary:
+    """Ingest, then aggregate and publish; a failed ingest publishes nothing.
 
     Args:
         datasets: datasets to pull (all seven when empty).
         years: years to pull and rebuild (every year the portals hold when empty).
         force: pull partitions again even when the source has not changed.
+        settings: the command line's settings; a deployment leaves it out (it is not in the
+            parameter form) and gets them from the environment and blocks.
     """
-    chosen: list[str] | None = [str(d) for d in datasets] if datasets else None
-    return asdict(_ingest_then_aggregate(chosen, years, force, resolve_settings()))
-
-
-def _runner(settings: Settings) -> Any:
-    return ThreadPoolTaskRunner(max_workers=settings.partition_concurrency)
+    request = RunRequest.of(datasets, years, force)
+    return _ingest_then_aggregate(request, settings or resolve_settings())
 
 
 def ingest(
@@ -439,7 +433,8 @@ def ingest(
 ) -> IngestReport:
     """Run the ingest flow with the partition concurrency the settings ask for."""
     settings = settings or Settings()
-    return ingest_flow.with_options(task_runner=_runner(settings))(datasets, years, force, settings)
+    flow_ = ingest_flow.with_options(task_runner=_thread_pool(settings.partition_concurrency))
+    return flow_(datasets, years, force, settings)
 
 
 def aggregate(years: list[int] | None = None, settings: Settings | None = None) -> AggregateReport:
@@ -453,7 +448,7 @@ def pipeline(
     force: bool = False,
     settings: Settings | None = None,
 ) -> RunSummary:
-    """Run the whole pipeline flow."""
+    """Run the pipeline flow with the partition concurrency the settings ask for."""
     settings = settings or Settings()
-    flow_ = pipeline_flow.with_options(task_runner=_runner(settings))
+    flow_ = energy_pipeline.with_options(task_runner=_thread_pool(settings.partition_concurrency))
     return flow_(datasets, years, force, settings)

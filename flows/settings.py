@@ -6,7 +6,7 @@ exits 2 naming it) instead of halfway through a run that has already written to 
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
@@ -17,28 +17,56 @@ YEAR_MIN = 2000  # the years a run may ask for: the CLI's and the deployed flow'
 YEAR_MAX = 2100
 DATAFAIR_MAX_PAGE_SIZE = 10_000  # Data Fair refuses a larger `size`
 
-S3_SCHEMES = ("s3", "s3a", "s3n")
-LAKE_FORMS = "a local path, file:///path, or s3://bucket[/prefix] (also s3a://, s3n://)"
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+PREFECT_PREFIX = "energy-pipeline"  # the Prefect resources the bootstrap creates
+
+
+@dataclass(frozen=True)
+class PrefectNames:
+    """The names of the Prefect resources: one prefix, read by the bootstrap that creates
+    them and by the settings' defaults the flows look them up with."""
+
+    prefix: str = PREFECT_PREFIX
+
+    def resource(self, suffix: str) -> str:
+        """A resource name with the prefix: energy-pipeline-<suffix>."""
+        return f"{self.prefix}-{suffix}"
+
+    @property
+    def lake_block(self) -> str:
+        """The S3Bucket block of the lake."""
+        return self.resource("lake")
+
+    @property
+    def s3_credentials_block(self) -> str:
+        """The credentials block the lake's S3Bucket block nests."""
+        return self.resource("s3-credentials")
+
+    @property
+    def slack_block(self) -> str:
+        """The SlackWebhook block of failed runs."""
+        return self.resource("slack")
+
+    @property
+    def portal_limit_prefix(self) -> str:
+        """Prefix of the per-portal global concurrency limits."""
+        return self.resource("portal")
+
+    def work_pool(self, kind: str) -> str:
+        """The work pool of a kind (process, docker)."""
+        return self.resource(kind)
+
+
+def portal_limit(prefix: str, portal: str) -> str:
+    """The global concurrency limit of one portal: <prefix>-<portal>."""
+    return f"{prefix}-{portal}"
 
 
 def check_lake_uri(uri: str) -> str:
-    """The lake URI if it is one of the supported forms; ValueError naming them otherwise."""
-    if not uri.strip():
-        raise ValueError(f"the lake must not be empty; use {LAKE_FORMS}")
-    match = _SCHEME.match(uri)
-    if not match:
-        return uri  # a plain local path
-    scheme, rest = match.group(1), uri[match.end() :]
-    if scheme in S3_SCHEMES:
-        if not rest.split("/", 1)[0].strip():
-            raise ValueError(f"{scheme}:// needs a bucket name: {scheme}://bucket[/prefix]")
-        return uri
-    if scheme == "file":
-        if not rest.strip():
-            raise ValueError("file:// needs a path: file:///path/to/lake")
-        return uri
-    raise ValueError(f"unsupported scheme {scheme}://; use {LAKE_FORMS}")
+    """The lake URI if a storage scheme of flows.lake.storage takes it (a local path, file://,
+    s3://...); ValueError naming the supported forms otherwise."""
+    from flows.lake.storage import check_lake_uri as check  # storage reads these settings
+
+    return check(uri)
 
 
 def check_http_url(url: str) -> str:
@@ -56,7 +84,7 @@ def check_http_url(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    """Every knob of the pipeline, with the embedded defaults of CONTRACT.md."""
+    """Every knob of the pipeline, with the embedded defaults of docs/CONTRACT.md."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -140,7 +168,7 @@ class Settings(BaseSettings):
         "a custom endpoint without one signs for us-east-1",
     )
     slack_block: str = Field(
-        "energy-pipeline-slack", description="SlackWebhook block that failed runs are sent to"
+        PrefectNames().slack_block, description="SlackWebhook block that failed runs go to"
     )
     lease_wait_s: float = Field(
         3600.0,
@@ -149,7 +177,7 @@ class Settings(BaseSettings):
         "holder's name; 0 fails at once",
     )
 
-    @field_validator("lake")
+    @field_validator("lake", "demo_lake")
     @classmethod
     def _lake_form(cls, value: str) -> str:
         return check_lake_uri(value)
@@ -165,6 +193,10 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None  # ENERGY_PIPELINE_S3_ENDPOINT= (empty) means no endpoint: AWS
         return check_http_url(value)
+
+    def portal_limit(self, portal: str) -> str | None:
+        """The global concurrency limit a partition of this portal holds (deployments)."""
+        return portal_limit(self.portal_limit_prefix, portal) if self.portal_limit_prefix else None
 
     def portal_url(self, portal: str) -> str:
         """Base URL of a portal by its short name (odre, ore, enedis)."""

@@ -1,12 +1,19 @@
 """Gold tables from the raw lake: the standalone PySpark program that spark-submit runs.
 
 Reads each raw partition through its `_current.json` pointer, computes the eight tables
-of CONTRACT.md section 3, writes each one (Parquet partitioned by `annee`, and one CSV)
+of docs/CONTRACT.md section 3, writes each one (Parquet partitioned by `annee`, and one CSV)
 under a staging folder of the lake, with the consistency checks as JSON. Publishing the
-staged tables is the caller's job, once this program has exited 0. No Prefect import.
+staged tables is the caller's job, once this program has exited 0. No Prefect import: the
+only project modules it imports, `flows.gold.tables` (what each table is: sources, keys,
+columns) and `flows.lake.layout` (every lake path), are pure Python that the runner ships
+with `--py-files`.
 
-    spark-submit spark/aggregate.py --lake s3a://bucket/lake --staging gold/_staging/RUN
-        [--years 2022,2023] [--tables conso_commune,conso_journaliere]
+The builders (`conso_*`) are plain functions of their source frames, with no I/O: `run()`
+reads the sources, checks what each builder returns against the table's contract, adds the
+other published years back with --years, and writes the tables and `_result.json`.
+
+    spark-submit --py-files flows.zip spark/aggregate.py --lake s3a://bucket/lake
+        --staging gold/_versions/RUN [--years 2022,2023] [--tables conso_commune,...]
 """
 
 from __future__ import annotations
@@ -28,23 +35,33 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from flows.gold.tables import ORE_MEASURES, PARTITION, TABLES, GoldTable
+from flows.lake import layout
+
 PARIS = "Europe/Paris"
 GWH_TO_MWH = 1000.0
 ELECTRICITY_STEP_H = 0.5
 GAS_STEP_H = 1.0
 ADDRESS_PARTS = ("numero_de_voie", "indice_de_repetition", "type_de_voie", "libelle_de_voie")
-ORE_MEASURES = ("nb_sites", "conso_totale_mwh", "conso_moyenne_mwh", "nb_lignes_masquees")
 
 
-class Raw:
-    """The committed raw partitions of the lake, read through their pointers."""
+class ContractError(RuntimeError):
+    """A builder returned other columns than flows.gold.tables says the table has."""
 
-    def __init__(self, spark: SparkSession, lake: str, years: Sequence[int] | None) -> None:
+
+class LakeFiles:
+    """The lake as the job's Hadoop FileSystem sees it: small text files, raw partitions
+    read through their pointers, published tables."""
+
+    def __init__(self, spark: SparkSession, lake: str) -> None:
         self.spark = spark
         self.lake = lake.rstrip("/")
-        self.years = set(years) if years else None
         self._jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
         self._conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
+
+    def uri(self, relative: str) -> str:
+        """The URI of a lake-relative path."""
+        return f"{self.lake}/{relative}"
 
     def _fs(self, uri: str) -> Any:
         path = self._jvm.org.apache.hadoop.fs.Path(uri)
@@ -76,30 +93,46 @@ class Raw:
         finally:
             stream.close()
 
-    def files(self, dataset: str) -> list[str]:
+    def raw_files(self, dataset: str, years: set[int] | None) -> list[str]:
         """The Parquet files of every committed partition of a dataset, for the chosen years."""
-        fs, pattern = self._fs(f"{self.lake}/raw/{dataset}/annee=*/_current.json")
+        fs, pattern = self._fs(self.uri(layout.raw_pointer(dataset, "*")))
         statuses = fs.globStatus(pattern) or []
         found: list[str] = []
         for status in statuses:
             folder = status.getPath().getParent()
-            year = int(folder.getName().split("=", 1)[1])
-            if self.years is not None and year not in self.years:
+            year = layout.year_of(folder.getName())
+            if year is None or (years is not None and year not in years):
                 continue
             pointer = json.loads(self.read_text(status.getPath().toString()))
             found.extend(f"{folder.toString()}/{name}" for name in pointer["files"])
         return found
 
-    def table(self, dataset: str) -> DataFrame | None:
+    def raw_table(self, dataset: str, years: set[int] | None) -> DataFrame | None:
         """A raw dataset with `annee` from the folder names, or None when nothing is loaded."""
-        files = self.files(dataset)
+        files = self.raw_files(dataset, years)
         if not files:
             return None
         return (
-            self.spark.read.option("basePath", f"{self.lake}/raw/{dataset}")
+            self.spark.read.option("basePath", self.uri(layout.raw_dataset(dataset)))
             .parquet(*files)
             .withColumn("annee", F.col("annee").cast(T.IntegerType()))
         )
+
+    def published(self, table: str) -> DataFrame | None:
+        """The published version of a gold table, None when there is none yet."""
+        try:
+            pointer = json.loads(self.read_text(self.uri(layout.gold_pointer(table))))
+        except Exception:  # no published version yet: any filesystem error means none
+            return None
+        if not pointer.get("files"):
+            return None
+        base = self.uri(layout.gold_table(table))
+        return self.spark.read.option("basePath", base).parquet(
+            *[f"{base}/{name}" for name in pointer["files"]]
+        )
+
+
+# --- the builders: source frames in, a gold table out ---------------------------------------
 
 
 def _sum_unmasked(total: str = "conso_totale_mwh", sites: str = "nb_sites") -> list[Column]:
@@ -125,16 +158,13 @@ def _code(name: str) -> Column:
     return F.col(name).cast(T.StringType()).alias(name)
 
 
-def conso_adresse(raw: Raw) -> DataFrame | None:
+def conso_adresse(adresse: DataFrame) -> DataFrame:
     """Year x address (Enedis residential)."""
-    source = raw.table("adresse")
-    if source is None:
-        return None
     parts = [
         F.when(F.trim(F.col(p)) != "", F.regexp_replace(F.trim(F.col(p)), r"\s+", " "))
         for p in ADDRESS_PARTS
     ]
-    rows = source.select(
+    rows = adresse.select(
         F.col("annee"),
         F.concat_ws(" ", *parts).alias("adresse"),
         _code("code_iris"),
@@ -178,36 +208,24 @@ def _ore_area(source: DataFrame, area: str, attributes: Sequence[str]) -> DataFr
     )
 
 
-def conso_commune(raw: Raw) -> DataFrame | None:
+def conso_commune(commune: DataFrame) -> DataFrame:
     """Year x commune x filière x grand secteur (ORE commune, over operators and NAF codes)."""
-    source = raw.table("commune")
-    if source is None:
-        return None
-    return _ore_area(source, "code_commune", ("nom_commune", "code_departement", "code_region"))
+    return _ore_area(commune, "code_commune", ("nom_commune", "code_departement", "code_region"))
 
 
-def conso_departement(raw: Raw) -> DataFrame | None:
+def conso_departement(departement: DataFrame) -> DataFrame:
     """Year x département x filière x grand secteur (ORE département)."""
-    source = raw.table("departement")
-    if source is None:
-        return None
-    return _ore_area(source, "code_departement", ("nom_departement", "code_region"))
+    return _ore_area(departement, "code_departement", ("nom_departement", "code_region"))
 
 
-def conso_region(raw: Raw) -> DataFrame | None:
+def conso_region(departement: DataFrame) -> DataFrame:
     """Year x region x filière x grand secteur (ORE département rolled up)."""
-    source = raw.table("departement")
-    if source is None:
-        return None
-    return _ore_area(source, "code_region", ("nom_region",))
+    return _ore_area(departement, "code_region", ("nom_region",))
 
 
-def conso_secteur(raw: Raw) -> DataFrame | None:
+def conso_secteur(departement: DataFrame) -> DataFrame:
     """Year x filière x grand secteur x NAF code, national (ORE département)."""
-    source = raw.table("departement")
-    if source is None:
-        return None
-    grouped = source.groupBy(
+    grouped = departement.groupBy(
         "annee", "filiere", "code_grand_secteur", _code("code_secteur_naf2")
     ).agg(*_sum_unmasked())
     return _with_mean(grouped).select(
@@ -223,20 +241,14 @@ def _odre_energy() -> list[Column]:
     ]
 
 
-def conso_nationale(raw: Raw) -> DataFrame | None:
+def conso_nationale(nationale_annuelle: DataFrame) -> DataFrame:
     """Year (ODRE national annual, GWh to MWh)."""
-    source = raw.table("nationale_annuelle")
-    if source is None:
-        return None
-    return source.select("annee", *_odre_energy())
+    return nationale_annuelle.select("annee", *_odre_energy())
 
 
-def conso_regionale_brute(raw: Raw) -> DataFrame | None:
+def conso_regionale_brute(regionale_annuelle: DataFrame) -> DataFrame:
     """Year x region (ODRE regional annual, GWh to MWh)."""
-    source = raw.table("regionale_annuelle")
-    if source is None:
-        return None
-    return source.select(
+    return regionale_annuelle.select(
         "annee",
         F.col("code_insee_region").cast(T.StringType()).alias("code_region"),
         F.col("region").alias("nom_region"),
@@ -270,24 +282,25 @@ def _daily(source: DataFrame, region: Column) -> DataFrame:
     )
 
 
-def conso_journaliere(raw: Raw) -> DataFrame | None:
-    """Local day x region, 'FR' for the national series (ODRE quotidienne)."""
+def conso_journaliere(national: DataFrame | None, regional: DataFrame | None) -> DataFrame:
+    """Local day x region, 'FR' for the national series (ODRE quotidienne); either series
+    may be missing, not both."""
     parts = []
-    national = raw.table("nationale_quotidienne")
     if national is not None:
         parts.append(_daily(national, F.lit("FR")))
-    regional = raw.table("regionale_quotidienne")
     if regional is not None:
         parts.append(_daily(regional, F.col("code_insee_region").cast(T.StringType())))
     if not parts:
-        return None
+        raise ValueError("conso_journaliere needs the national or the regional daily series")
     result = parts[0]
     for part in parts[1:]:
         result = result.unionByName(part)
     return result
 
 
-BUILDERS: dict[str, Callable[[Raw], DataFrame | None]] = {
+# The builder of each table of flows.gold.tables, called with its sources' frames in the
+# order of `GoldTable.sources` (None for a source with nothing loaded).
+BUILDERS: dict[str, Callable[..., DataFrame]] = {
     "conso_adresse": conso_adresse,
     "conso_commune": conso_commune,
     "conso_departement": conso_departement,
@@ -297,41 +310,35 @@ BUILDERS: dict[str, Callable[[Raw], DataFrame | None]] = {
     "conso_regionale_brute": conso_regionale_brute,
     "conso_journaliere": conso_journaliere,
 }
-SORT_KEYS: dict[str, tuple[str, ...]] = {
-    "conso_adresse": ("annee", "code_commune", "adresse", "code_iris"),
-    "conso_commune": ("annee", "code_commune", "filiere", "code_grand_secteur"),
-    "conso_departement": ("annee", "code_departement", "filiere", "code_grand_secteur"),
-    "conso_region": ("annee", "code_region", "filiere", "code_grand_secteur"),
-    "conso_secteur": ("annee", "filiere", "code_grand_secteur", "code_secteur_naf2"),
-    "conso_nationale": ("annee",),
-    "conso_regionale_brute": ("annee", "code_region"),
-    "conso_journaliere": ("date", "code_region"),
-}
 
 
-def carry_over(spark: SparkSession, raw: Raw, table: str, fresh: DataFrame) -> DataFrame:
+def check_columns(table: GoldTable, frame: DataFrame) -> DataFrame:
+    """The frame if its columns are the table's, in order; ContractError naming it otherwise."""
+    built = tuple(frame.columns)
+    if built != table.columns:
+        raise ContractError(
+            f"gold table {table.name}: the builder returned columns {list(built)}, "
+            f"but flows.gold.tables says {list(table.columns)}"
+        )
+    return frame
+
+
+# --- I/O: carry-over, writing -----------------------------------------------------------------
+
+
+def carry_over(fresh: DataFrame, published: DataFrame | None, years: set[int]) -> DataFrame:
     """With --years, the other years of the published table are kept as they are."""
-    if raw.years is None:
+    if published is None:
         return fresh
-    base = f"{raw.lake}/gold/{table}"
-    try:
-        pointer = json.loads(raw.read_text(f"{base}/_current.json"))
-    except Exception:  # no published version yet: any filesystem error means none
-        return fresh
-    if not pointer.get("files"):
-        return fresh
-    published = spark.read.option("basePath", base).parquet(
-        *[f"{base}/{name}" for name in pointer["files"]]
-    )
-    kept = published.where(~F.col("annee").isin(sorted(raw.years)))
+    kept = published.where(~F.col(PARTITION).isin(sorted(years)))
     return fresh.unionByName(kept.select(*fresh.columns))
 
 
 def write_table(frame: DataFrame, target: str, sort_keys: Sequence[str]) -> dict[str, float]:
     """Parquet partitioned by year, and one sorted CSV (UTF-8, comma, header); seconds each."""
-    frame = frame.withColumn("annee", F.col("annee").cast(T.IntegerType()))
+    frame = frame.withColumn(PARTITION, F.col(PARTITION).cast(T.IntegerType()))
     started = time.perf_counter()
-    frame.repartition("annee").write.mode("overwrite").partitionBy("annee").parquet(target)
+    frame.repartition(PARTITION).write.mode("overwrite").partitionBy(PARTITION).parquet(target)
     parquet_s = time.perf_counter() - started
     plain = [
         F.col(f.name).cast(T.DecimalType(38, 6)).alias(f.name)
@@ -349,7 +356,7 @@ def write_table(frame: DataFrame, target: str, sort_keys: Sequence[str]) -> dict
         .option("header", True)
         .option("encoding", "UTF-8")
         .option("emptyValue", "")
-        .csv(f"{target}.csv.d")
+        .csv(layout.staged_csv(target))
     )
     return {"parquet_s": round(parquet_s, 2), "csv_s": round(time.perf_counter() - started, 2)}
 
@@ -489,19 +496,34 @@ def consistency_checks(tables: dict[str, DataFrame]) -> list[dict[str, Any]]:
 
 def run(spark: SparkSession, lake: str, staging: str, years: Sequence[int] | None,
         tables: Sequence[str]) -> dict[str, Any]:  # fmt: skip
-    """Build, stage and check the chosen tables; returns the result document."""
-    raw = Raw(spark, lake, years)
+    """Build, stage and check the chosen tables; returns the result document.
+
+    All the job's I/O: each source read once through its partitions' pointers (a table is
+    skipped when none of its sources is loaded), each built table checked against its
+    contract, the other published years kept with --years, Parquet and CSV written below
+    the staging folder, then the checks and the result document.
+    """
+    files = LakeFiles(spark, lake)
+    chosen = set(years) if years else None
+    sources: dict[str, DataFrame | None] = {}
     staged: dict[str, DataFrame] = {}
     counts: dict[str, int] = {}
     skipped: list[str] = []
     timings: dict[str, dict[str, float]] = {}
     for name in tables:
-        frame = BUILDERS[name](raw)
-        if frame is None:
+        table = TABLES[name]
+        for dataset in table.sources:
+            if dataset not in sources:
+                sources[dataset] = files.raw_table(dataset, chosen)
+        frames = [sources[dataset] for dataset in table.sources]
+        if all(frame is None for frame in frames):
             skipped.append(name)
             continue
-        target = f"{raw.lake}/{staging}/{name}"
-        timings[name] = write_table(carry_over(spark, raw, name, frame), target, SORT_KEYS[name])
+        frame = check_columns(table, BUILDERS[name](*frames))
+        if chosen is not None:
+            frame = carry_over(frame, files.published(name), chosen)
+        target = files.uri(f"{staging}/{name}")
+        timings[name] = write_table(frame, target, table.keys)
         staged[name] = spark.read.parquet(target)
         counts[name] = staged[name].count()
         print(f"energy-pipeline: staged {name}: {counts[name]} rows {timings[name]}", flush=True)
@@ -516,7 +538,7 @@ def run(spark: SparkSession, lake: str, staging: str, years: Sequence[int] | Non
         "checks": checks,
         "timings": timings,
     }
-    raw.write_text(f"{raw.lake}/{staging}/_result.json", json.dumps(result, default=str))
+    files.write_text(files.uri(layout.job_result(staging)), json.dumps(result, default=str))
     return result
 
 
@@ -732,7 +754,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lake", required=True, help="lake URI as Spark sees it (file://, s3a://)")
     parser.add_argument("--staging", required=True, help="lake-relative staging folder")
     parser.add_argument("--years", default="", help="comma list; default: every loaded year")
-    parser.add_argument("--tables", default=",".join(BUILDERS), help="comma list of gold tables")
+    parser.add_argument("--tables", default=",".join(TABLES), help="comma list of gold tables")
     return parser.parse_args(argv)
 
 
@@ -741,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     years = [int(y) for y in args.years.split(",") if y.strip()] or None
     tables = [t for t in args.tables.split(",") if t.strip()]
-    unknown = [t for t in tables if t not in BUILDERS]
+    unknown = [t for t in tables if t not in TABLES or t not in BUILDERS]
     if unknown:
         print(f"unknown gold table(s): {unknown}", file=sys.stderr)
         return 2

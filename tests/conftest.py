@@ -13,6 +13,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
 from emulator import PortalEmulator
@@ -23,10 +24,57 @@ pytest_plugins = ["tests.support.emulator_http"]  # the emulator tests' `emu` an
 TEST_OUTPUT = Path(os.environ.get("TEST_OUTPUT_DIR", "test-output"))
 
 
-@pytest.fixture(scope="session", autouse=True)
+# Modules that run flows or tasks in this process, or CLI processes pointed at the session's
+# server (tests/support/clienv.py): they get the session's Prefect server. The others get
+# none (the CLI and deployment tests that need one start their own, in other processes);
+# unit tests run with the API pointed at a closed port, so one that starts using Prefect
+# fails at once instead of quietly starting a server.
+NEEDS_PREFECT_API = {
+    "test_bootstrap",
+    "test_change_detection",
+    "test_concurrent_runs",
+    "test_conformance",
+    "test_deployment_flow",
+    "test_faults",
+    "test_gold",
+    "test_hostile",
+    "test_ingest",
+    "test_kill_anywhere",
+    "test_lake_faults",
+    "test_rate_limits",
+    "test_report",
+    "test_s3",
+    "test_slack_hook",
+    "test_systematic",
+}
+NO_PREFECT_API = "http://127.0.0.1:9/api"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of the modules that need a Prefect API."""
+    for item in items:
+        if item.path.stem in NEEDS_PREFECT_API:
+            item.add_marker(pytest.mark.prefect)
+
+
+@pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
-    """A real, temporary Prefect server (SQLite) for every flow run of the session."""
+    """A real, temporary Prefect server (SQLite), started once for the tests that need one."""
     with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _prefect_api(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The session's Prefect server for tests marked `prefect`; no API for unit tests (the
+    setting reaches child processes too: no unit test starts the CLI)."""
+    if request.node.get_closest_marker("prefect"):
+        request.getfixturevalue("prefect_server")
+        yield
+    elif request.path.parent.name == "unit":
+        with temporary_settings({PREFECT_API_URL: NO_PREFECT_API}):
+            yield
+    else:
         yield
 
 
@@ -94,7 +142,9 @@ def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def emulator_lake(emulator_session: PortalEmulator, tmp_path_factory) -> Iterator[Path]:
+def emulator_lake(
+    emulator_session: PortalEmulator, tmp_path_factory, prefect_server: None
+) -> Iterator[Path]:
     """All the emulator's data ingested, then aggregated once with local[2] (about 80 s).
 
     Shared, read-only: gold, dashboard and Tableau tests read it; tests that change a lake

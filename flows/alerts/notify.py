@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
+from prefect import Flow, State
 from prefect.blocks.notifications import SlackWebhook
+from prefect.client.schemas.objects import FlowRun
 
+from flows.lake import layout
+from flows.settings import Settings, env_name
 from flows.sources.http import one_line
 
 log = logging.getLogger(__name__)
 
-SLACK_BLOCK_ENV = "ENERGY_PIPELINE_SLACK_BLOCK"
-DEFAULT_SLACK_BLOCK = "energy-pipeline-slack"
+SLACK_BLOCK_ENV = env_name("slack_block")
 # The Slack block posts the body as the mrkdwn text of one section block, which Slack caps at
 # 3000 characters: the whole message, escaped, stays below that.
 MESSAGE_LIMIT = 2900
@@ -44,7 +46,7 @@ def slack_line(text: str, limit: int = LINE_LIMIT) -> str:
     return "".join(kept) + "…"
 
 
-def failure_message(flow_name: str, run_name: str, state: Any) -> str:
+def failure_message(flow_name: str, run_name: str, state: State[Any]) -> str:
     """Flow, run, state, and each failed partition with its URL and the quarantine count.
 
     Every piece of text is escaped for Slack and the whole is bounded (MESSAGE_LIMIT): a
@@ -63,7 +65,7 @@ def failure_message(flow_name: str, run_name: str, state: Any) -> str:
         tail.append(
             slack_line(f"Rows quarantined in this load: {quarantined} (load {report.load_id}).")
         )
-        where = f"the load manifest _manifests/loads/{report.load_id}.json"
+        where = f"the load manifest {layout.load_manifest(report.load_id)}"
     else:
         lines = [slack_line(f"Reason: {state.message}")]
         where = "the flow run's logs"
@@ -84,9 +86,9 @@ def _bounded(head: str, lines: list[str], tail: list[str], where: str) -> str:
     return "\n".join([head, *shown, *tail])[:MESSAGE_LIMIT]
 
 
-def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
+def notify_failure(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
     """Flow on_failure hook: never raises, so the original failure stays what the run shows."""
-    name = os.environ.get(SLACK_BLOCK_ENV, DEFAULT_SLACK_BLOCK)
+    name = _slack_block()
     try:
         block: Any = SlackWebhook.load(name)
         _post_as_section(block)
@@ -99,6 +101,15 @@ def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
             block.notify(body=body, subject=subject)
     except Exception as exc:  # the alert must not mask the failure it reports
         log.warning("could not send the failure to Slack block %r: %s", name, exc)
+
+
+def _slack_block() -> str:
+    """The Slack block's name from the settings; their default if another setting is bad
+    (the run has already failed on it: the alert must still go out)."""
+    try:
+        return Settings().slack_block
+    except Exception:
+        return str(Settings.model_fields["slack_block"].default)
 
 
 def _post_as_section(block: Any) -> None:

@@ -9,25 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from flows.crashpoints import crashpoint
-from flows.gold.spark_submit import is_s3, run_spark_submit, s3a_jars, spark_conf, to_spark_uri
+from flows.gold.spark_submit import run_spark_submit, spark_conf
+from flows.gold.tables import GOLD_TABLES
+from flows.lake import layout, storage
 from flows.lake.fs import Lake, lake_error
 from flows.lake.layout import PUBLISH_POINTER, new_load_id, version_folder
-from flows.lake.publish import PublishError, publish_tables
+from flows.lake.publish import ConsistencyCheck, PublishError, PublishManifest, publish_tables
 from flows.settings import Settings
 
 log = logging.getLogger(__name__)
 
 APP = Path(__file__).resolve().parents[2] / "spark" / "aggregate.py"
-GOLD_TABLES = (
-    "conso_adresse",
-    "conso_commune",
-    "conso_departement",
-    "conso_region",
-    "conso_secteur",
-    "conso_nationale",
-    "conso_regionale_brute",
-    "conso_journaliere",
-)
+# The project modules the job imports (pure Python): shipped to it with --py-files.
+JOB_MODULES = ("flows.gold.tables", "flows.lake.layout")
 
 
 @dataclass
@@ -35,12 +29,16 @@ class AggregateReport:
     """What a publish did: tables and rows, skipped tables, consistency checks."""
 
     run_id: str
-    manifest: dict[str, Any]
+    manifest: PublishManifest
 
     @property
-    def warnings(self) -> list[dict[str, Any]]:
+    def warnings(self) -> list[ConsistencyCheck]:
         """Consistency checks that found something."""
-        return [c for c in self.manifest["checks"] if c["status"] == "warning"]
+        return self.manifest.warnings
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy."""
+        return {"run_id": self.run_id, "manifest": self.manifest.to_dict()}
 
 
 def run_aggregate(
@@ -50,11 +48,11 @@ def run_aggregate(
     on_line: Callable[[str], None] = log.info,
 ) -> AggregateReport:
     """Build every gold table with Spark and publish them; gold is untouched on failure."""
-    lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
+    lake = Lake.from_settings(settings)
     run_id = new_load_id()
     staging = version_folder(run_id)  # the job writes where the tables will stay
     committed = False
-    arguments = ["--lake", to_spark_uri(settings.lake), "--staging", staging,
+    arguments = ["--lake", storage.to_spark_uri(settings.lake), "--staging", staging,
                  "--tables", ",".join(tables or GOLD_TABLES)]  # fmt: skip
     if years:
         arguments += ["--years", ",".join(str(y) for y in years)]
@@ -67,14 +65,16 @@ def run_aggregate(
                 settings.lake,
                 settings.s3_endpoint,
                 settings.spark_master,
+                region=settings.s3_region,
                 driver_memory=settings.spark_driver_memory,
             ),
-            jars=s3a_jars() if is_s3(settings.lake) else [],
+            jars=storage.jars(settings.lake, settings.jars_dir),
             env={},
             timeout_s=settings.spark_timeout_s,
             on_line=on_line,
+            py_modules=JOB_MODULES,
         )
-        result = lake.read_json(f"{staging}/_result.json")
+        result = lake.read_json(layout.job_result(staging))
         if result is None:
             raise PublishError("the Spark job left no result", url=lake.path(staging))
         crashpoint("gold-staged")

@@ -1,4 +1,10 @@
-"""Run a PySpark application as a separate program: spark-submit, streamed log, timeout."""
+"""Run a PySpark application as a separate program: spark-submit, streamed log, timeout.
+
+The runner only: the command line (settings, jars, the Python modules the job imports,
+shipped with --py-files), the child's environment, its streamed log, its timeout and kill,
+and the generic Spark settings (cores, shuffle partitions, log level). What a lake's storage
+needs (URI, S3A settings, jars) comes from `flows.lake.storage`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,16 +26,11 @@ from urllib.parse import urlparse
 
 from flows import USER_SPARK_ENV, runtime
 from flows.errors import PipelineError
+from flows.lake import storage
 
-JARS_DIR_ENV = "ENERGY_PIPELINE_JARS_DIR"
-DEFAULT_JARS_DIR = Path.home() / ".cache" / "energy-pipeline" / "jars"
 LOG_TAIL_LINES = 40
 KILL_GRACE_S = 5.0
-
-# S3A looks credentials up through the AWS SDK's default chain: the AWS_ACCESS_KEY_ID /
-# AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN variables, then ~/.aws profiles (AWS_PROFILE),
-# web identity, container and instance roles. Keys never appear in the Spark configuration.
-CREDENTIALS_PROVIDER = "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
+PY_FILES_ZIP = "py-files.zip"
 
 # Settings that would carry a secret: they must travel in the environment instead.
 _SECRET_KEYS = re.compile(r"secret|password|token|access\.key|passphrase", re.IGNORECASE)
@@ -84,12 +86,6 @@ def _clip(line: str) -> str:
     return line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + " [...]"
 
 
-def jars_dir() -> Path:
-    """The folder scripts/fetch-spark-jars.sh fills: $ENERGY_PIPELINE_JARS_DIR or ~/.cache."""
-    configured = os.environ.get(JARS_DIR_ENV)
-    return Path(configured).expanduser() if configured else DEFAULT_JARS_DIR
-
-
 def spark_home() -> Path:
     """The Spark installation of the pyspark package in this environment (not imported)."""
     spec = importlib.util.find_spec("pyspark")
@@ -103,40 +99,6 @@ def bundled_hadoop_version() -> str | None:
     for jar in (spark_home() / "jars").glob("hadoop-client-api-*.jar"):
         return jar.name.removeprefix("hadoop-client-api-").removesuffix(".jar")
     return None
-
-
-def s3a_jars(directory: Path | None = None) -> list[Path]:
-    """The S3A jars (hadoop-aws, AWS SDK v2 modules) from the cache folder, sorted by name."""
-    folder = directory or jars_dir()
-    jars = sorted(folder.glob("*.jar")) if folder.is_dir() else []
-    hint = "run `make jars` (or `bash scripts/fetch-spark-jars.sh`) to fetch them"
-    aws = [jar for jar in jars if jar.name.startswith("hadoop-aws-")]
-    if not aws:
-        raise PipelineError(f"S3A jars missing: no hadoop-aws-*.jar in {folder}; {hint}")
-    hadoop = bundled_hadoop_version()
-    if hadoop and aws[0].name != f"hadoop-aws-{hadoop}.jar":
-        raise PipelineError(
-            f"{aws[0].name} in {folder} does not match the Hadoop {hadoop} bundled with "
-            f"pyspark; {hint}"
-        )
-    return jars
-
-
-def is_s3(lake_uri: str) -> bool:
-    """Whether a lake URI points at S3 (s3://, s3a:// or s3n://)."""
-    return urlparse(lake_uri).scheme in ("s3", "s3a", "s3n")
-
-
-def to_spark_uri(lake_uri: str) -> str:
-    """The URI Spark reads: s3:// becomes s3a://, a local path an absolute file:// URI."""
-    parsed = urlparse(lake_uri)
-    if parsed.scheme in ("s3", "s3n"):
-        return "s3a://" + lake_uri.split("://", 1)[1]
-    if parsed.scheme in ("s3a", "file", "hdfs", "gs", "abfs", "abfss"):
-        return lake_uri
-    if parsed.scheme and len(parsed.scheme) > 1:
-        raise ValueError(f"unsupported lake URI scheme: {lake_uri}")
-    return Path(lake_uri).expanduser().resolve().as_uri()
 
 
 def _local_cores(master: str) -> int:
@@ -157,7 +119,8 @@ def spark_conf(
     region: str | None = None,
     driver_memory: str = "1g",
 ) -> dict[str, str]:
-    """Spark and Hadoop settings for a job on this lake; no secret ever goes in here."""
+    """Spark and Hadoop settings for a job on this lake: the generic ones, then what the
+    lake's storage needs (`region`: the S3 region setting); no secret ever goes in here."""
     cores = _local_cores(master)
     conf = {
         "spark.app.name": "energy-pipeline",
@@ -171,25 +134,7 @@ def spark_conf(
         "spark.sql.shuffle.partitions": str(max(4, 2 * cores)),
         "spark.default.parallelism": str(max(2, cores)),
     }
-    if is_s3(lake_uri):
-        conf.update(
-            {
-                "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
-                "spark.hadoop.fs.s3a.path.style.access": "true",
-                "spark.hadoop.fs.s3a.aws.credentials.provider": CREDENTIALS_PROVIDER,
-            }
-        )
-        region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if s3_endpoint:
-            endpoint = urlparse(s3_endpoint)
-            conf["spark.hadoop.fs.s3a.endpoint"] = s3_endpoint
-            conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(
-                endpoint.scheme != "http"
-            ).lower()
-            # A custom endpoint has no AWS region to infer: sign for a fixed one.
-            region = region or "us-east-1"
-        if region:
-            conf["spark.hadoop.fs.s3a.endpoint.region"] = region
+    conf.update(storage.spark_conf(lake_uri, s3_endpoint, region))
     return conf
 
 
@@ -205,6 +150,7 @@ def build_command(
     master: str,
     conf: Mapping[str, str],
     jars: Sequence[Path] = (),
+    py_files: Sequence[Path] = (),
 ) -> list[str]:
     """The spark-submit argument list (no shell); settings only, never credentials."""
     leaked = [key for key in conf if _SECRET_KEYS.search(key)]
@@ -215,9 +161,35 @@ def build_command(
         command += ["--conf", f"{key}={value}"]
     if jars:
         command += ["--jars", ",".join(str(Path(jar).resolve()) for jar in jars)]
+    if py_files:
+        command += ["--py-files", ",".join(str(Path(path).resolve()) for path in py_files)]
     command.append(str(Path(app).resolve()))
     command += list(app_args)
     return command
+
+
+def module_zip(modules: Sequence[str], folder: str | Path) -> Path:
+    """A zip of Python modules, with the `__init__.py` of every package above them, that
+    --py-files puts on the job's path (driver and executors). Single-file modules only:
+    a package's own submodules are not included unless named."""
+    members: dict[str, Path] = {}
+    for module in modules:
+        parts = module.split(".")
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[:depth])
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+                raise ValueError(f"{name} is not a Python source module: cannot ship it")
+            package = spec.submodule_search_locations is not None
+            if depth < len(parts) and not package:
+                raise ValueError(f"{name} is not a package: cannot ship {module}")
+            arcname = "/".join(parts[:depth]) + ("/__init__.py" if package else ".py")
+            members[arcname] = Path(spec.origin)
+    target = Path(folder) / PY_FILES_ZIP
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for arcname, source in sorted(members.items()):
+            archive.write(source, arcname)
+    return target
 
 
 def submit_env(env: Mapping[str, str] | None = None, *, master: str = "") -> dict[str, str]:
@@ -263,14 +235,38 @@ def run_spark_submit(
     env: dict[str, str],
     timeout_s: float,
     on_line: Callable[[str], None],
+    py_modules: Sequence[str] = (),
 ) -> None:
     """Run spark-submit, stream each log line to on_line, raise SparkJobFailed on failure.
 
+    `py_modules` (dotted names) are the project modules the job imports: they travel in a
+    zip (--py-files) made in this run's scratch space and removed when the job ends.
     The job does not outlive this process: it is killed with it (Linux parent-death
     signal), and its environment names this process (ENERGY_PIPELINE_PARENT_PID) and the
     run (ENERGY_PIPELINE_RUN_OWNER) for the job's own watchdog and `runtime.sweep_dead_runs`.
     """
-    command = build_command(app, app_args, master=master, conf=conf, jars=jars)
+    scratch = runtime.scratch_dir("spark-py-files-") if py_modules else None
+    try:
+        py_files = [module_zip(py_modules, scratch)] if scratch else []
+        command = build_command(
+            app, app_args, master=master, conf=conf, jars=jars, py_files=py_files
+        )
+        _run(command, app, master=master, env=env, timeout_s=timeout_s, on_line=on_line)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(
+    command: list[str],
+    app: Path,
+    *,
+    master: str,
+    env: dict[str, str],
+    timeout_s: float,
+    on_line: Callable[[str], None],
+) -> None:
+    """Run one spark-submit command line: stream, time out, kill, raise on failure."""
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     errors: list[str] = []
     started = time.monotonic()
@@ -340,27 +336,3 @@ def run_spark_submit(
             log_tail=tail,
             errors=errors,
         )
-
-
-def jvm_startup_seconds(timeout_s: float = 120.0) -> float:
-    """Seconds spark-submit takes to start a local JVM and run an empty PySpark app."""
-    tmp = runtime.scratch_dir("spark-noop-")
-    try:
-        app = Path(tmp) / "noop.py"
-        app.write_text(
-            "from pyspark.sql import SparkSession\nSparkSession.builder.getOrCreate().stop()\n"
-        )
-        started = time.monotonic()
-        run_spark_submit(
-            app,
-            [],
-            master="local[1]",
-            conf=spark_conf(tmp, None, "local[1]"),
-            jars=[],
-            env={},
-            timeout_s=timeout_s,
-            on_line=lambda _line: None,
-        )
-        return time.monotonic() - started
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -11,14 +11,17 @@ import os
 import shutil
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from flows.errors import PermanentError, PipelineError, TransientError
-from flows.lake import layout
+from flows.lake import layout, storage
 from flows.lake.layout import POINTER, RETIRED
+
+if TYPE_CHECKING:
+    from flows.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +29,8 @@ RETIRED_GRACE_S = 600.0  # a reader that listed the old version has this long to
 
 
 def storage_options(uri: str, s3_endpoint: str | None) -> dict[str, Any]:
-    """fsspec options for a lake URI; S3 credentials come from the environment or profile."""
-    if uri.startswith(("s3://", "s3a://")) and s3_endpoint:
-        return {"client_kwargs": {"endpoint_url": s3_endpoint}}
-    return {}
+    """fsspec options for a lake URI: its storage scheme's (flows.lake.storage)."""
+    return storage.storage_options(uri, s3_endpoint)
 
 
 # Errors no retry can fix: the lake is full, read-only or not ours to write.
@@ -46,16 +47,21 @@ def lake_error(exc: OSError, *, dataset: str, partition: str) -> PipelineError:
 
 
 class Lake:
-    """A lake root (local path, file:// or s3://) and the paths of the layout in CONTRACT.md."""
+    """A lake root (local path, file:// or s3://); its paths come from `layout`."""
 
     def __init__(self, uri: str, *, s3_endpoint: str | None = None) -> None:
         self.uri = uri.rstrip("/")
         fs, root = fsspec.core.url_to_fs(
-            self.uri.replace("s3a://", "s3://", 1), **storage_options(self.uri, s3_endpoint)
+            storage.fsspec_uri(self.uri), **storage_options(self.uri, s3_endpoint)
         )
         self.fs: fsspec.AbstractFileSystem = fs
         self.root = root.rstrip("/")
         self.is_local = isinstance(fs, LocalFileSystem)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Lake:
+        """The lake a run's settings name (its URI and S3 endpoint)."""
+        return cls(settings.lake, s3_endpoint=settings.s3_endpoint)
 
     def path(self, *parts: str) -> str:
         """An absolute path (or bucket key) inside the lake."""

@@ -71,9 +71,14 @@ def year_of(folder_name: str) -> int | None:
 # --- quarantine -----------------------------------------------------------------------------
 
 
+def quarantine_partition(dataset: str, year: int) -> str:
+    """Folder of a partition's quarantined rows, one file per load."""
+    return f"{QUARANTINE}/{dataset}/{YEAR_FOLDER}{year}"
+
+
 def quarantine_file(dataset: str, year: int, load_id: str) -> str:
     """One load's quarantined rows of a partition."""
-    return f"{QUARANTINE}/{dataset}/{YEAR_FOLDER}{year}/{load_id}.parquet"
+    return f"{quarantine_partition(dataset, year)}/{load_id}.parquet"
 
 
 # --- manifests ------------------------------------------------------------------------------
@@ -105,6 +110,11 @@ def version_folder(run_id: str) -> str:
 def version_table(run_id: str, table: str) -> str:
     """One table of a run's version."""
     return f"{version_folder(run_id)}/{table}"
+
+
+def job_result(folder: str) -> str:
+    """What the Spark job writes last in the folder it staged: tables, checks, timings."""
+    return f"{folder}/_result.json"
 
 
 def staged_csv(table_folder: str) -> str:
@@ -140,3 +150,36 @@ def gold_staging(name: str) -> str:
 def pointer_of(folder: str) -> str:
     """The `_current.json` of any committed folder."""
     return f"{folder}/{POINTER}"
+
+
+# --- readers and outputs --------------------------------------------------------------------
+
+
+def raw_file(dataset: str, year: int, name: str) -> str:
+    """One file of a raw partition, as its `_current.json` names it (relative to the folder)."""
+    return f"{raw_partition(dataset, year)}/{name}"
+
+
+def partition_label(dataset: str, year: int) -> str:
+    """How manifests, logs and errors name a raw partition: `dataset/annee=YYYY`."""
+    return f"{dataset}/{YEAR_FOLDER}{year}"
+
+
+def dashboard_page() -> str:
+    """The dashboard's page, replaced whole by each build."""
+    return f"{DASHBOARD}/index.html"
+
+
+def dashboard_staged_page(build: str) -> str:
+    """A build's page while it is written (hidden: dot name), before it replaces the page."""
+    return f"{DASHBOARD}/.index-{build}.html"
+
+
+def dashboard_builds() -> str:
+    """The folder of the dashboard builds' lazy data files, one folder per build."""
+    return f"{DASHBOARD}/data"
+
+
+def dashboard_build(build: str) -> str:
+    """The lazy data files of one dashboard build."""
+    return f"{dashboard_builds()}/{build}"

@@ -23,7 +23,9 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from flows.crashpoints import crashpoint
@@ -39,12 +41,120 @@ class PublishError(PipelineError):
     """A staged table could not be published."""
 
 
-def publish_tables(lake: Lake, run_id: str, staging: str, result: dict[str, Any]) -> dict[str, Any]:
-    """Commit every table the job staged in one step, then refresh the plain views."""
+class CheckStatus(StrEnum):
+    """What a check found: a consistency check of the gold tables (the Spark job's `status`:
+    ok, warning or skipped), or a quality check of the run's ingestion (ok, warning or
+    failed; flows.outputs.report)."""
+
+    OK = "ok"
+    WARNING = "warning"  # findings: they warn, never fail the run
+    SKIPPED = "skipped"  # a table it compares was not built
+    FAILED = "failed"  # ingestion only: partitions that could not be loaded
+
+
+@dataclass(frozen=True)
+class ConsistencyCheck:
+    """One cross-table check of a publish, as the Spark job reported it."""
+
+    name: str
+    status: CheckStatus
+    summary: str = ""
+    problems: int | None = None  # rows found; absent from a skipped check
+    examples: list[dict[str, Any]] | None = None  # a few of those rows
+    figures: dict[str, Any] = field(default_factory=dict)  # any other figure it reported
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> ConsistencyCheck:
+        """A check from its JSON form."""
+        known = {"name", "status", "summary", "problems", "examples"}
+        return cls(
+            name=document["name"],
+            status=CheckStatus(document["status"]),
+            summary=document.get("summary", ""),
+            problems=document.get("problems"),
+            examples=document.get("examples"),
+            figures={k: v for k, v in document.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, keys in the Spark job's order."""
+        document: dict[str, Any] = {
+            "name": self.name,
+            "status": self.status.value,
+            "summary": self.summary,
+        }
+        if self.problems is not None:
+            document["problems"] = self.problems
+        if self.examples is not None:
+            document["examples"] = self.examples
+        return document | self.figures
+
+
+@dataclass(frozen=True)
+class PublishedTable:
+    """A table a publish rebuilt: its rows and Parquet files."""
+
+    rows: int
+    files: int
+
+
+@dataclass(frozen=True)
+class PublishManifest:
+    """What one publish did; `to_dict` is `_manifests/publish/<run_id>.json`."""
+
+    run_id: str
+    lake: str
+    published_at: str
+    years: list[int] | None
+    tables: dict[str, PublishedTable]  # the tables this publish rebuilt
+    skipped: list[str] = field(default_factory=list)  # none of their sources is loaded
+    checks: list[ConsistencyCheck] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[ConsistencyCheck]:
+        """Consistency checks that found something."""
+        return [c for c in self.checks if c.status == CheckStatus.WARNING]
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> PublishManifest:
+        """A manifest from its JSON form."""
+        return cls(
+            run_id=document["run_id"],
+            lake=document["lake"],
+            published_at=document["published_at"],
+            years=document.get("years"),
+            tables={
+                t: PublishedTable(f["rows"], f["files"]) for t, f in document["tables"].items()
+            },
+            skipped=list(document.get("skipped", [])),
+            checks=[ConsistencyCheck.from_dict(c) for c in document.get("checks", [])],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "run_id": self.run_id,
+            "lake": self.lake,
+            "published_at": self.published_at,
+            "years": self.years,
+            "tables": {t: {"rows": f.rows, "files": f.files} for t, f in self.tables.items()},
+            "skipped": self.skipped,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+
+def publish_tables(
+    lake: Lake, run_id: str, staging: str, result: dict[str, Any]
+) -> PublishManifest:
+    """Commit every table the job staged in one step, then refresh the plain views.
+
+    `result` is the Spark job's `_result.json`: rows per staged table, skipped tables, years
+    and consistency checks.
+    """
     now = datetime.now(UTC).isoformat()
     previous = lake.read_json(PUBLISH_POINTER) or {}
     tables: dict[str, Any] = dict(previous.get("tables", {}))
-    published = {}
+    published: dict[str, PublishedTable] = {}
     for table, rows in result["tables"].items():
         staged = f"{staging}/{table}"
         files = lake.files_below(staged, ".parquet")
@@ -62,16 +172,16 @@ def publish_tables(lake: Lake, run_id: str, staging: str, result: dict[str, Any]
             "files": files,
             "csv": f"{layout.staged_csv(staged)}/{csv[0]}",
         }
-        published[table] = {"rows": rows, "files": len(files)}
-    manifest = {
-        "run_id": run_id,
-        "lake": lake.uri,
-        "published_at": now,
-        "years": result.get("years"),
-        "tables": published,
-        "skipped": result.get("skipped", []),
-        "checks": result.get("checks", []),
-    }
+        published[table] = PublishedTable(rows=rows, files=len(files))
+    manifest = PublishManifest(
+        run_id=run_id,
+        lake=lake.uri,
+        published_at=now,
+        years=result.get("years"),
+        tables=published,
+        skipped=result.get("skipped", []),
+        checks=[ConsistencyCheck.from_dict(c) for c in result.get("checks", [])],
+    )
     referenced = {_version_of(entry) for entry in tables.values()}
     retired = {
         version: stamp
@@ -81,11 +191,11 @@ def publish_tables(lake: Lake, run_id: str, staging: str, result: dict[str, Any]
     for entry in previous.get("tables", {}).values():
         if _version_of(entry) not in referenced:
             retired.setdefault(_version_of(entry), now)
-    pointer = {**manifest, "tables": tables, "retired": retired}
+    pointer = {**manifest.to_dict(), "tables": tables, "retired": retired}
     lake.check_lease()
     lake.write_json(PUBLISH_POINTER, pointer)  # the commit
     crashpoint("publish-committed")
-    lake.write_json(layout.publish_manifest(run_id), manifest)
+    lake.write_json(layout.publish_manifest(run_id), manifest.to_dict())
     refresh_plain_views(lake, pointer)
     collect_versions(lake, pointer, keep=run_id)
     crashpoint("published")

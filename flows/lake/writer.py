@@ -55,7 +55,7 @@ def sweep(lake: Lake) -> dict[str, Any]:
 @contextmanager
 def writing(settings: Settings, *, command: str) -> Iterator[Lease]:
     """Hold the lake's lease for a block (re-entrant); the first hold sweeps dead runs."""
-    lake = Lake(settings.lake, s3_endpoint=settings.s3_endpoint)
+    lake = Lake.from_settings(settings)
     with hold(
         lake,
         run=_run_name(),

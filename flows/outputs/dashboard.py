@@ -1,13 +1,12 @@
 """The offline dashboard: the current gold tables as one self-contained HTML page.
 
-`build_dashboard` reads the published gold tables (as any reader must: every Parquet file
-below `gold/<table>/` outside `_`/`.` folders on a local lake, the files `_current.json`
-lists on S3) and the lake's manifests, and writes `<lake>/dashboard/index.html`: inline
-CSS and vanilla JS that draws inline SVG, nothing fetched from the network. What the
-page needs up front is embedded in it, reduced to compact arrays (regions, départements,
-NAF sectors, national and ODRE regional years, the data panel). The large tables are
-cut into lazy files that the page loads on demand with a `<script>` tag, which works
-from file:// as well as over HTTP:
+`build_dashboard` reads the published gold tables and the lake's manifests through
+`flows.lake.readers`, the raw zone's figures through `flows.outputs.stats`, and writes
+`<lake>/dashboard/index.html`: inline CSS and vanilla JS that draws inline SVG, nothing
+fetched from the network. What the page needs up front is embedded in it, reduced to
+compact arrays (regions, départements, NAF sectors, national and ODRE regional years, the
+data panel). The large tables are cut into lazy files that the page loads on demand with a
+`<script>` tag, which works from file:// as well as over HTTP:
 
     dashboard/index.html
     dashboard/data/<build>/communes/<annee>/<code_departement>.js   communes of a département
@@ -18,15 +17,19 @@ Each lazy file is `window.__lazy__["<its path without .js>"] = <JSON>;`. A build
 its lazy files into a fresh `data/<build>/` folder, then replaces index.html as one
 file, so a page never points at missing or half-written data; the previous build is
 kept for pages still open, older ones are deleted.
+
+The embedded arrays are positional: dashboard.js reads them in the order of the column
+lists below, each checked against the gold tables' contract (`flows.gold.tables`) at import.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import chain, groupby
 from pathlib import Path
@@ -35,23 +38,58 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from flows.gold.tables import PARTITION, get_table
+from flows.lake import layout
 from flows.lake.fs import Lake
-from flows.lake.layout import POINTER
-from flows.sources.catalog import DATASETS, FILIERES, Dataset
+from flows.lake.readers import gold_years, latest_publish, read_gold
+from flows.outputs.stats import dataset_stats
+from flows.sources.catalog import DATASETS, FILIERES, PORTALS, Dataset
 
 log = logging.getLogger(__name__)
 
-DASHBOARD = "dashboard"
 ASSETS = Path(__file__).resolve().parent / "dashboard_assets"
 KEEP_BUILDS = 2  # the new build and the one pages opened before it may still load from
 SLICE_ROWS = 200_000  # addresses turned into Python values at a time
 SAFE_CODE = re.compile(r"^[0-9A-Za-z]+$")  # codes become file names
-ORE_MEASURES = ["code_grand_secteur", "nb_sites", "conso_totale_mwh", "nb_lignes_masquees"]
-PORTALS = {"odre": "ODRE", "ore": "Agence ORE", "enedis": "Enedis"}
 
 Nested = dict[str, dict[str, list[list[Any]]]]
+
+
+def _reads(table: str, *columns: str) -> str:
+    """A gold table the page reads, once its columns are checked against the contract."""
+    spec = get_table(table)
+    missing = [column for column in columns if column not in spec.columns]
+    if missing:
+        raise ValueError(f"dashboard: gold table {table} has no column(s) {missing}")
+    return spec.name
+
+
+# What the page reads of each table, in the order dashboard.js reads its arrays (a page
+# format: the names are checked against the contract below, the order is the page's). An
+# ORE row carries no mean: the page computes it from the sums it shows (Σ total / Σ sites).
+ORE_ROW = ["code_grand_secteur", "nb_sites", "conso_totale_mwh", "nb_lignes_masquees"]
+ORE = ["filiere", *ORE_ROW]
+ENERGY = ["electricite_mwh", "gaz_mwh", "total_mwh"]
+REGION_COLUMNS = ["code_region", "nom_region", *ORE]
+DEPARTEMENT_COLUMNS = ["code_departement", "nom_departement", "code_region", *ORE]
+SECTEUR_COLUMNS = ["code_secteur_naf2", *ORE]
+NATIONALE_COLUMNS = ENERGY
+BRUTE_COLUMNS = ["code_region", "nom_region", *ENERGY]
+ADDRESS_COLUMNS = ["code_commune", "nom_commune", "code_departement", "code_region", "adresse",
+                   "code_iris", "nombre_de_logements", "conso_totale_mwh"]  # fmt: skip
+COMMUNE_COLUMNS = ["code_departement", "code_region", "code_commune", "nom_commune", "filiere",
+                   *ORE_ROW]  # fmt: skip
+DAILY_COLUMNS = ["date", "code_region", "electricite_mwh", "gaz_mwh"]
+
+REGION = _reads("conso_region", *REGION_COLUMNS)
+DEPARTEMENT = _reads("conso_departement", *DEPARTEMENT_COLUMNS)
+SECTEUR = _reads("conso_secteur", *SECTEUR_COLUMNS)
+NATIONALE = _reads("conso_nationale", *NATIONALE_COLUMNS)
+REGIONALE_BRUTE = _reads("conso_regionale_brute", *BRUTE_COLUMNS)
+ADRESSE = _reads("conso_adresse", *ADDRESS_COLUMNS)
+COMMUNE = _reads("conso_commune", *COMMUNE_COLUMNS)
+JOURNALIERE = _reads("conso_journaliere", *DAILY_COLUMNS, PARTITION)
 
 
 def build_dashboard(lake: Lake, manifest: dict[str, Any] | None = None) -> str:
@@ -59,23 +97,23 @@ def build_dashboard(lake: Lake, manifest: dict[str, Any] | None = None) -> str:
 
     `manifest` is the publish manifest to report on; by default the lake's latest one.
     """
-    build = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    writer = LazyWriter(lake, f"{DASHBOARD}/data/{build}")
-    page = page_data(lake, writer, manifest if manifest is not None else _latest_publish(lake))
-    page.update(build=build, data_dir=f"data/{build}")
+    build = layout.new_load_id()
+    writer = LazyWriter(lake, layout.dashboard_build(build))
+    page = page_data(lake, writer, manifest if manifest is not None else latest_publish(lake))
+    page.update(build=build, data_dir=posixpath.relpath(writer.folder, layout.DASHBOARD))
     html = render_page(page).encode()
-    temporary = f"{DASHBOARD}/.index-{build}.html"
+    temporary = layout.dashboard_staged_page(build)
     if lake.is_local:
-        lake.fs.makedirs(lake.path(DASHBOARD), exist_ok=True)
+        lake.fs.makedirs(lake.path(layout.DASHBOARD), exist_ok=True)
     with lake.fs.open(lake.path(temporary), "wb") as handle:
         handle.write(html)
-    lake.replace_file(temporary, f"{DASHBOARD}/index.html")
+    lake.replace_file(temporary, layout.dashboard_page())
     _purge_builds(lake)
     log.info(
         "dashboard: index.html %d bytes, %d lazy files (%d bytes) in %s",
         len(html), writer.files, writer.bytes, lake.path(writer.folder),
     )  # fmt: skip
-    return f"{lake.uri}/{DASHBOARD}/index.html"
+    return f"{lake.uri}/{layout.dashboard_page()}"
 
 
 def page_data(lake: Lake, writer: LazyWriter, manifest: dict[str, Any] | None) -> dict[str, Any]:
@@ -142,47 +180,6 @@ class LazyWriter:
         self.bytes += sum(len(p) for p in payloads.values())
 
 
-def gold_files(lake: Lake, table: str) -> dict[int, list[str]]:
-    """The published version's Parquet files of a gold table by year, lake-relative
-    (through the publish pointer: all tables of one publish, never a mix)."""
-    from flows.lake.publish import table_files
-
-    folder, names = table_files(lake, table)
-    by_year: dict[int, list[str]] = defaultdict(list)
-    for name in names:
-        years = [p.split("=", 1)[1] for p in name.split("/") if p.startswith("annee=")]
-        if years and years[0].isdigit():
-            by_year[int(years[0])].append(f"{folder}/{name}")
-    return dict(sorted(by_year.items()))
-
-
-def gold_years(lake: Lake, table: str, columns: list[str]) -> Iterator[tuple[int, pa.Table]]:
-    """A gold table year by year, with the chosen columns.
-
-    The generator keeps no reference to the year it yields, so a consumer that drops it
-    (e.g. after sorting) frees it before the next year is read.
-    """
-    for year, files in gold_files(lake, table).items():
-        yield year, _read_files(lake, files, columns)
-
-
-def _read_files(lake: Lake, files: list[str], columns: list[str]) -> pa.Table:
-    parts = []
-    for path in files:
-        with lake.fs.open(lake.path(path), "rb") as handle:
-            parts.append(pq.read_table(handle, columns=columns))
-    return pa.concat_tables(parts)
-
-
-def read_gold(lake: Lake, table: str, columns: list[str]) -> pa.Table | None:
-    """A whole gold table with `annee` as a column, or None when it is not published."""
-    parts = [
-        part.append_column("annee", pa.array([year] * part.num_rows, pa.int32()))
-        for year, part in gold_years(lake, table, columns)
-    ]
-    return pa.concat_tables(parts) if parts else None
-
-
 def _columns(table: pa.Table, names: list[str]) -> Iterator[tuple[Any, ...]]:
     """Rows as tuples of plain Python values."""
     return zip(*(table.column(n).to_pylist() for n in names), strict=True)
@@ -193,7 +190,7 @@ def _nest(table: pa.Table | None, names: list[str]) -> Nested | None:
     if table is None:
         return None
     nested: Nested = defaultdict(lambda: defaultdict(list))
-    for annee, filiere, *row in _columns(table, ["annee", "filiere", *names]):
+    for annee, filiere, *row in _columns(table, [PARTITION, "filiere", *names]):
         nested[str(annee)][filiere].append(row)
     return {year: dict(by_filiere) for year, by_filiere in nested.items()}
 
@@ -202,22 +199,18 @@ def _by_year(table: pa.Table | None, names: list[str]) -> dict[str, list[list[An
     if table is None:
         return None
     rows: dict[str, list[list[Any]]] = defaultdict(list)
-    for annee, *row in _columns(table, ["annee", *names]):
+    for annee, *row in _columns(table, [PARTITION, *names]):
         rows[str(annee)].append(row)
     return dict(rows)
 
 
 def _annual_sections(lake: Lake) -> dict[str, Any]:
     """The small tables, embedded in the page: national, regional, départemental, NAF."""
-    ore = ["filiere", *ORE_MEASURES]
-    region = read_gold(lake, "conso_region", ["code_region", "nom_region", *ore])
-    departement = read_gold(
-        lake, "conso_departement", ["code_departement", "nom_departement", "code_region", *ore]
-    )
-    secteur = read_gold(lake, "conso_secteur", ["code_secteur_naf2", *ore])
-    energy = ["electricite_mwh", "gaz_mwh", "total_mwh"]
-    nationale = read_gold(lake, "conso_nationale", energy)
-    brute = read_gold(lake, "conso_regionale_brute", ["code_region", "nom_region", *energy])
+    region = read_gold(lake, REGION, REGION_COLUMNS)
+    departement = read_gold(lake, DEPARTEMENT, DEPARTEMENT_COLUMNS)
+    secteur = read_gold(lake, SECTEUR, SECTEUR_COLUMNS)
+    nationale = read_gold(lake, NATIONALE, NATIONALE_COLUMNS)
+    brute = read_gold(lake, REGIONALE_BRUTE, BRUTE_COLUMNS)
     regions: dict[str, str] = {}
     for table in (brute, region):
         if table is not None:
@@ -237,11 +230,11 @@ def _annual_sections(lake: Lake) -> dict[str, Any]:
         "departements": departements,
         "filieres": list(FILIERES),
         "secteurs": sorted(s for s in secteurs if s is not None),
-        "region": _nest(region, ["code_region", *ORE_MEASURES]),
-        "departement": _nest(departement, ["code_departement", *ORE_MEASURES]),
-        "secteur": _nest(secteur, ["code_secteur_naf2", *ORE_MEASURES]),
-        "nationale": _by_year(nationale, energy),
-        "regionale_brute": _by_year(brute, ["code_region", "nom_region", *energy]),
+        "region": _nest(region, ["code_region", *ORE_ROW]),
+        "departement": _nest(departement, ["code_departement", *ORE_ROW]),
+        "secteur": _nest(secteur, ["code_secteur_naf2", *ORE_ROW]),
+        "nationale": _by_year(nationale, NATIONALE_COLUMNS),
+        "regionale_brute": _by_year(brute, BRUTE_COLUMNS),
     }
 
 
@@ -283,9 +276,8 @@ def _address_files(lake: Lake, writer: LazyWriter, parents: dict[str, str]) -> A
     memory stays bounded with millions of addresses. `parents` gets the département regions.
     """
     index: AddressIndex = {}
-    columns = ["code_commune", "nom_commune", "code_departement", "code_region", "adresse",
-               "code_iris", "nombre_de_logements", "conso_totale_mwh"]  # fmt: skip
-    for year, table in gold_years(lake, "conso_adresse", columns):
+    columns = ADDRESS_COLUMNS
+    for year, table in gold_years(lake, ADRESSE, columns):
         ordered = table.sort_by([("code_commune", "ascending"), ("adresse", "ascending")])
         del table
         communes: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
@@ -315,11 +307,10 @@ def _commune_files(
 
     Returns the départements that have a file, by year; `parents` gets their regions.
     """
-    columns = ["code_departement", "code_region", "code_commune", "nom_commune", "filiere",
-               *ORE_MEASURES]  # fmt: skip
+    columns = COMMUNE_COLUMNS
     written: dict[str, list[str]] = {}
     empty = pa.table({name: pa.array([], pa.string()) for name in columns})
-    ore = gold_years(lake, "conso_commune", columns)
+    ore = gold_years(lake, COMMUNE, columns)
     only_addresses = ((year, empty) for year in sorted(addresses))
     for year, table in chain(ore, only_addresses):
         if str(year) in written:
@@ -349,13 +340,12 @@ def _daily_files(lake: Lake, writer: LazyWriter) -> dict[str, list[int]]:
 
     Returns the years each region's file holds.
     """
-    table = read_gold(lake, "conso_journaliere", ["date", "code_region", "electricite_mwh",
-                                                  "gaz_mwh"])  # fmt: skip
+    table = read_gold(lake, JOURNALIERE, DAILY_COLUMNS)
     if table is None:
         return {}
     table = table.sort_by([("code_region", "ascending"), ("date", "ascending")])
     series: dict[str, dict[str, list[list[Any]]]] = defaultdict(lambda: defaultdict(list))
-    names = ["code_region", "annee", "date", "electricite_mwh", "gaz_mwh"]
+    names = ["code_region", PARTITION, "date", "electricite_mwh", "gaz_mwh"]
     for region, annee, day, electricite, gaz in _columns(table, names):
         if _safe(region):
             series[region][str(annee)].append([day.isoformat(), electricite, gaz])
@@ -381,11 +371,6 @@ def _default_year(page: dict[str, Any]) -> int | None:
     return max(candidates) if candidates else None
 
 
-def _latest_publish(lake: Lake) -> dict[str, Any] | None:
-    names = lake.files_below("_manifests/publish", ".json")
-    return lake.read_json(f"_manifests/publish/{names[-1]}") if names else None
-
-
 def _publication(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the page says of the publish run: when, which tables, the consistency checks."""
     if manifest is None:
@@ -402,83 +387,22 @@ def _publication(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _raw_pointers(lake: Lake, dataset: str) -> list[dict[str, Any]]:
-    """The `_current.json` of every committed raw partition of a dataset."""
-    pattern = lake.path(f"raw/{dataset}/annee=*/{POINTER}")
-    return [json.loads(lake.fs.cat_file(path)) for path in sorted(lake.fs.glob(pattern))]
-
-
-def _null_count(lake: Lake, path: str, column: str) -> int:
-    """Nulls of a column in a Parquet file, from its footer statistics when it has them."""
-    with lake.fs.open(path, "rb") as handle:
-        parquet = pq.ParquetFile(handle)
-        position = parquet.schema_arrow.get_field_index(column)
-        if position < 0:
-            return 0
-        metadata = parquet.metadata
-        counts = []
-        for group in range(metadata.num_row_groups):
-            statistics = metadata.row_group(group).column(position).statistics
-            counts.append(statistics.null_count if statistics and statistics.has_null_count
-                          else None)  # fmt: skip
-        if None not in counts:
-            return sum(c or 0 for c in counts)
-        return parquet.read(columns=[column]).column(0).null_count
-
-
-def _quarantined(lake: Lake, pointers: Iterable[dict[str, Any]]) -> int | None:
-    """Rows quarantined by the loads that committed these partitions: the load record each
-    pointer carries (committed with the partition), or the load manifest of older lakes."""
-    total = 0
-    manifests: dict[str, Any] = {}
-    for pointer in pointers:
-        if isinstance(pointer.get("load"), dict):
-            total += pointer["load"].get("rows_quarantined") or 0
-            continue
-        load_id = str(pointer.get("load_id"))
-        if load_id not in manifests:
-            manifests[load_id] = lake.read_json(f"_manifests/loads/{load_id}.json")
-        manifest = manifests[load_id]
-        if manifest is None:
-            return None
-        partition = f"{pointer['dataset']}/annee={pointer['year']}"
-        total += sum(
-            p.get("rows_quarantined") or 0
-            for p in manifest.get("partitions", [])
-            if p.get("partition") == partition and p.get("status") == "loaded"
-        )
-    return total
-
-
 def _dataset_panel(lake: Lake, dataset: Dataset) -> dict[str, Any]:
-    """One line of the data panel, from the raw partitions' pointers and the load manifests."""
-    pointers = _raw_pointers(lake, dataset.name)
-    masked = None
-    if dataset.masked_measures:
-        masked = sum(
-            _null_count(lake, lake.path(lake.partition(dataset.name, p["year"]), name),
-                        "conso_totale_mwh")
-            for p in pointers
-            for name in p.get("files", [])
-        )  # fmt: skip
+    """One line of the data panel: the dataset's catalog entry, then its raw zone's figures."""
+    portal = PORTALS.get(dataset.portal)
     return {
         "name": dataset.name,
-        "portal": PORTALS.get(dataset.portal, dataset.portal),
+        "portal": portal.title if portal is not None else dataset.portal,
         "source_id": dataset.source_id,
-        "source_updated": max((p.get("source_signal") or "" for p in pointers), default="") or None,
-        "years": sorted(p["year"] for p in pointers),
-        "rows": sum(p.get("rows") or 0 for p in pointers),
-        "masked": masked,
-        "quarantined": _quarantined(lake, pointers),
-        "committed_at": max((p.get("committed_at") or "" for p in pointers), default="") or None,
+        **dataset_stats(lake, dataset),
     }
 
 
 def _purge_builds(lake: Lake) -> None:
     """Delete the lazy data of all builds but the last KEEP_BUILDS."""
-    folder = lake.path(DASHBOARD, "data")
+    folder = lake.path(layout.dashboard_builds())
     if not lake.fs.exists(folder):
         return
     builds = sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in lake.fs.ls(folder))
     for build in builds[:-KEEP_BUILDS]:
-        lake.remove(f"{DASHBOARD}/data/{build}")
+        lake.remove(layout.dashboard_build(build))

@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+from uuid import UUID
 
+from flows.lake.publish import CheckStatus, PublishManifest
 from flows.sources.http import one_line
+from flows.sources.ingest import PartitionResult, PartitionStatus
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ class IngestProgress:
     total: int
     skipped: int
     done: int = 0
-    artifact_id: Any = None
+    artifact_id: UUID | None = None
     rows: int = 0
 
     def __post_init__(self) -> None:
@@ -76,13 +79,16 @@ class IngestProgress:
         if _in_run():
             from prefect.artifacts import create_progress_artifact
 
-            self.artifact_id = create_progress_artifact(
-                progress=100.0 if self.total == 0 else 0.0,
-                description=f"Ingestion: {self.total} partition(s) to load, "
-                f"{self.skipped} unchanged since the last load",
+            self.artifact_id = cast(  # sync here: its async twin is acreate_progress_artifact
+                UUID,
+                create_progress_artifact(
+                    progress=100.0 if self.total == 0 else 0.0,
+                    description=f"Ingestion: {self.total} partition(s) to load, "
+                    f"{self.skipped} unchanged since the last load",
+                ),
             )
 
-    def advance(self, result: Any) -> None:
+    def advance(self, result: PartitionResult) -> None:
         """One partition finished (loaded or failed)."""
         self.done += 1
         self.rows += result.rows_written
@@ -132,63 +138,114 @@ def human_bytes(count: float) -> str:
 
 
 @dataclass
+class DatasetTally:
+    """One dataset's partitions in a run: loaded, skipped, failed, and their rows."""
+
+    dataset: str
+    loaded: int = 0
+    skipped: int = 0
+    failed: int = 0
+    rows_written: int = 0
+    rows_quarantined: int = 0
+    duplicates_dropped: int = 0
+    years: list[int] = field(default_factory=list)
+
+
+def by_dataset(partitions: Iterable[PartitionResult]) -> list[DatasetTally]:
+    """Per dataset, in order of appearance: partitions loaded/skipped/failed, rows written,
+    quarantined and dropped as exact duplicates, and the years."""
+    tallies: dict[str, DatasetTally] = {}
+    years: dict[str, set[int]] = {}
+    for p in partitions:
+        tally = tallies.setdefault(p.dataset, DatasetTally(p.dataset))
+        if p.status == PartitionStatus.LOADED:
+            tally.loaded += 1
+        elif p.status == PartitionStatus.SKIPPED:
+            tally.skipped += 1
+        else:
+            tally.failed += 1
+        tally.rows_written += p.rows_written
+        tally.rows_quarantined += p.rows_quarantined
+        tally.duplicates_dropped += p.exact_duplicates_dropped
+        if p.year:
+            years.setdefault(p.dataset, set()).add(p.year)
+    for tally in tallies.values():
+        tally.years = sorted(years.get(tally.dataset, ()))
+    return list(tallies.values())
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """A row of the run's checks table: a quality check (ingestion) or a consistency check
+    (gold)."""
+
+    check: str
+    scope: str  # a dataset, or "gold"
+    status: CheckStatus
+    findings: int
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as the table artifact shows it."""
+        return {**asdict(self), "status": self.status.value}
+
+
+@dataclass
 class RunSummary:
     """Everything the artifacts and the command line report at the end of a run."""
 
     lake: str
     load_id: str
-    partitions: list[dict[str, Any]]
-    publish: dict[str, Any] | None = None
+    partitions: list[PartitionResult]
+    publish: PublishManifest | None = None
     dashboard: str | None = None
-    hyper: dict[str, Any] = field(default_factory=dict)
+    hyper: dict[str, dict[str, Any]] = field(default_factory=dict)
     hyper_message: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
-    def count(self, status: str) -> int:
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy."""
+        return {
+            "lake": self.lake,
+            "load_id": self.load_id,
+            "partitions": [p.to_dict() for p in self.partitions],
+            "publish": self.publish.to_dict() if self.publish else None,
+            "dashboard": self.dashboard,
+            "hyper": self.hyper,
+            "hyper_message": self.hyper_message,
+            "timings": self.timings,
+        }
+
+    def count(self, status: PartitionStatus) -> int:
         """Partitions with a status."""
-        return sum(p["status"] == status for p in self.partitions)
+        return sum(p.status == status for p in self.partitions)
 
-    def by_dataset(self) -> list[dict[str, Any]]:
+    def by_dataset(self) -> list[DatasetTally]:
         """Per dataset: partitions loaded/skipped/failed, rows written, quarantined, dropped."""
-        rows: dict[str, dict[str, Any]] = {}
-        for p in self.partitions:
-            row = rows.setdefault(p["dataset"], {
-                "dataset": p["dataset"], "loaded": 0, "skipped": 0, "failed": 0,
-                "rows_written": 0, "rows_quarantined": 0, "duplicates_dropped": 0,
-                "years": set(),
-            })  # fmt: skip
-            row[p["status"]] += 1
-            row["rows_written"] += p.get("rows_written", 0)
-            row["rows_quarantined"] += p.get("rows_quarantined", 0)
-            row["duplicates_dropped"] += p.get("exact_duplicates_dropped", 0)
-            if p.get("year"):
-                row["years"].add(p["year"])
-        for row in rows.values():
-            row["years"] = sorted(row["years"])
-        return list(rows.values())
+        return by_dataset(self.partitions)
 
-    def check_rows(self) -> list[dict[str, Any]]:
+    def check_rows(self) -> list[CheckRow]:
         """The quality (ingestion) and consistency (gold) checks as one table."""
         rows = []
         for d in self.by_dataset():
-            rows.append({
-                "check": "quarantine", "scope": d["dataset"],
-                "status": "ok" if d["rows_quarantined"] == 0 else "warning",
-                "findings": d["rows_quarantined"],
-                "detail": f"{d['rows_quarantined']} row(s) failed validation"
-                if d["rows_quarantined"] else "every row passed validation",
-            })  # fmt: skip
-            rows.append({
-                "check": "partitions", "scope": d["dataset"],
-                "status": "failed" if d["failed"] else "ok",
-                "findings": d["failed"],
-                "detail": f"{d['loaded']} loaded, {d['skipped']} unchanged, {d['failed']} failed",
-            })  # fmt: skip
-        for check in (self.publish or {}).get("checks", []):
-            rows.append({
-                "check": check["name"], "scope": "gold", "status": check["status"],
-                "findings": check.get("problems", 0), "detail": check.get("summary", ""),
-            })  # fmt: skip
+            rows.append(CheckRow(
+                check="quarantine", scope=d.dataset,
+                status=CheckStatus.OK if d.rows_quarantined == 0 else CheckStatus.WARNING,
+                findings=d.rows_quarantined,
+                detail=f"{d.rows_quarantined} row(s) failed validation"
+                if d.rows_quarantined else "every row passed validation",
+            ))  # fmt: skip
+            rows.append(CheckRow(
+                check="partitions", scope=d.dataset,
+                status=CheckStatus.FAILED if d.failed else CheckStatus.OK,
+                findings=d.failed,
+                detail=f"{d.loaded} loaded, {d.skipped} unchanged, {d.failed} failed",
+            ))  # fmt: skip
+        for check in self.publish.checks if self.publish else []:
+            rows.append(CheckRow(
+                check=check.name, scope="gold", status=check.status,
+                findings=check.problems or 0, detail=check.summary,
+            ))  # fmt: skip
         return rows
 
     def markdown(self) -> str:
@@ -198,8 +255,9 @@ class RunSummary:
             "# energy-pipeline run",
             "",
             f"- **Lake**: {md_code(self.lake)}",
-            f"- **Load**: {md_code(self.load_id)}: {self.count('loaded')} partition(s) loaded, "
-            f"{self.count('skipped')} skipped as unchanged, {self.count('failed')} failed",
+            f"- **Load**: {md_code(self.load_id)}: {self.count(PartitionStatus.LOADED)} "
+            f"partition(s) loaded, {self.count(PartitionStatus.SKIPPED)} skipped as unchanged, "
+            f"{self.count(PartitionStatus.FAILED)} failed",
         ]
         if self.publish:
             lines.append(f"- **Gold tables**: {md_code(self.lake + '/gold/')} (Parquet by year, "
@@ -215,18 +273,19 @@ class RunSummary:
                   "| quarantined | duplicates dropped |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for d in self.by_dataset():
-            years = ", ".join(str(y) for y in d["years"])
+            years = ", ".join(str(y) for y in d.years)
             lines.append(
-                f"| {md_text(d['dataset'])} | {md_text(years)} | {d['loaded']} | {d['skipped']} "
-                f"| {d['failed']} | {d['rows_written']:,} | {d['rows_quarantined']:,} "
-                f"| {d['duplicates_dropped']:,} |"
+                f"| {md_text(d.dataset)} | {md_text(years)} | {d.loaded} | {d.skipped} "
+                f"| {d.failed} | {d.rows_written:,} | {d.rows_quarantined:,} "
+                f"| {d.duplicates_dropped:,} |"
             )
         if self.publish:
             lines += ["", "## Gold tables", "", "| table | rows |", "|---|---:|"]
-            for table, figures in self.publish["tables"].items():
-                lines.append(f"| {md_text(table)} | {figures['rows']:,} |")
-            warnings = [c for c in self.publish.get("checks", []) if c["status"] != "ok"]
-            lines += ["", f"Consistency checks: {len(self.publish.get('checks', []))} run, "
+            for table, figures in self.publish.tables.items():
+                lines.append(f"| {md_text(table)} | {figures.rows:,} |")
+            checks = self.publish.checks
+            warnings = [c for c in checks if c.status != CheckStatus.OK]
+            lines += ["", f"Consistency checks: {len(checks)} run, "
                       f"{len(warnings)} with findings (see the `{CHECKS_KEY}` table)."]  # fmt: skip
         if self.timings:
             lines += ["", "## Timings", "", "| step | seconds |", "|---|---:|"]
@@ -253,7 +312,7 @@ def create_run_artifacts(summary: RunSummary) -> None:
     )
     create_table_artifact(
         key=CHECKS_KEY,
-        table=summary.check_rows(),
+        table=[row.to_dict() for row in summary.check_rows()],
         description="Quality (ingestion) and consistency (gold) checks",
     )
     if summary.dashboard:

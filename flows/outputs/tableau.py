@@ -2,8 +2,9 @@
 
 Each extract holds one table, `"Extract"."<table>"` (schema `Extract`, named after the gold
 table), with the Parquet columns followed by the partition column `annee`. Hyper reads the
-Parquet files itself (`external(...)`), from the lake's folder when it is local and from a
-scratch copy when it is on S3. The finished file replaces the previous extract in one step.
+Parquet files of the published version (`flows.lake.readers.gold_version`) itself
+(`external(...)`), from the lake's folder when it is local and from a scratch copy when it is
+on S3. The finished file replaces the previous extract in one step.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 from flows.errors import PipelineError
 from flows.lake import layout
 from flows.lake.fs import Lake
+from flows.lake.readers import gold_version
 from flows.runtime import scratch_dir
 
 if TYPE_CHECKING:
@@ -75,7 +77,7 @@ def write_hyper_extracts(lake: Lake, tables: Sequence[str]) -> dict[str, dict[st
             raise HyperExtractError(
                 f"the Tableau Hyper process did not start: {exc.main_message}; "
                 "reinstall the 'tableau' extra (uv sync --extra tableau)",
-                url=f"{lake.uri}/gold",
+                url=f"{lake.uri}/{layout.GOLD}",
             ) from exc
         try:
             with hyper:
@@ -105,7 +107,8 @@ def _write_extract(
         raise HyperExtractError(
             f"Tableau Hyper could not build the extract of gold table {table}: "
             f"{getattr(exc, 'main_message', exc)}; "
-            f"check that gold/{table}/ holds readable Parquet files, or rebuild it (aggregate)",
+            f"check that {layout.gold_table(table)}/ holds readable Parquet files, "
+            "or rebuild it (aggregate)",
             dataset=table,
             url=uri,
         ) from exc
@@ -121,9 +124,7 @@ def _write_extract(
 
 def _parquet_files(lake: Lake, table: str, scratch: Path) -> dict[str, Path]:
     """Local paths of the table's current files, downloaded to scratch when the lake is S3."""
-    from flows.lake.publish import table_files
-
-    folder, names = table_files(lake, table)  # the published version: one publish, never a mix
+    folder, names = gold_version(lake, table)  # the published version: one publish, never a mix
     if not names:
         raise HyperExtractError(
             f"gold table {table} has no Parquet file to extract; run the aggregate step first",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 
 class Kind(StrEnum):
@@ -48,6 +49,26 @@ class Column:
 
 
 @dataclass(frozen=True)
+class Portal:
+    """A portal the datasets come from: its short name (settings `<name>_url`, concurrency
+    limits), the name users know it by, and the protocol its one client speaks."""
+
+    name: str
+    title: str
+    protocol: str  # opendatasoft | datafair
+
+
+PORTALS: dict[str, Portal] = {
+    portal.name: portal
+    for portal in (
+        Portal("odre", "ODRE", "opendatasoft"),
+        Portal("ore", "Agence ORE", "datafair"),
+        Portal("enedis", "Enedis", "datafair"),
+    )
+}
+
+
+@dataclass(frozen=True)
 class Dataset:
     """Everything dataset-specific; adding a dataset is adding one of these."""
 
@@ -83,6 +104,7 @@ CODE_COMMUNE = r"^(\d{5}|2[AB]\d{3})$"
 CODE_REGION = r"^\d{2}$"
 CODE_IRIS = r"^(\d{5}|2[AB]\d{3})\d{4}$"
 FILIERES = ("Electricité", "Gaz")
+MASK_MARKER = "conso_totale_mwh"  # ORE statistical secrecy: a row is masked when this is null
 
 
 def _c(name: str, kind: Kind, **kw: object) -> Column:
@@ -333,6 +355,14 @@ DATASETS: dict[str, Dataset] = {
         ),
     )
 }
+
+
+# The datasets' short names as a type: the choices the deployed flow's form offers (an enum
+# in its parameter schema), built from the catalog. Type checkers see plain names.
+if TYPE_CHECKING:
+    DatasetName: TypeAlias = str
+else:
+    DatasetName = Literal[tuple(DATASETS)]
 
 
 def get_dataset(name: str) -> Dataset:

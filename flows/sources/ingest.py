@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import pandas as pd
@@ -19,6 +20,7 @@ from flows.crashpoints import crashpoint
 from flows.errors import PermanentError, PipelineError, TransientError
 from flows.lake import layout
 from flows.lake.fs import Lake, lake_error
+from flows.lake.readers import all_raw_pointers
 from flows.settings import Settings
 from flows.sources.catalog import Dataset, get_dataset
 from flows.sources.portals import client_for
@@ -34,8 +36,28 @@ from flows.sources.validate import (
 
 log = logging.getLogger(__name__)
 
-LOAD = "load"
-SKIP = "skip"
+
+class PlanAction(StrEnum):
+    """What a plan does with a partition."""
+
+    LOAD = "load"
+    SKIP = "skip"
+
+
+class PartitionStatus(StrEnum):
+    """How a partition ended in a load (its `status` in the load manifest)."""
+
+    LOADED = "loaded"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class LoadStatus(StrEnum):
+    """How a whole load ended (the load manifest's `status`)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # killed; its manifest rebuilt by the next run (recover_loads)
 
 
 @dataclass(frozen=True)
@@ -44,7 +66,7 @@ class PartitionPlan:
 
     dataset: str
     year: int
-    action: str
+    action: PlanAction
     reason: str
     signal: str
     count: int | None
@@ -62,7 +84,7 @@ class PartitionPlan:
     @property
     def label(self) -> str:
         """`dataset/annee=YYYY`, as logs and errors name a partition."""
-        return f"{self.dataset}/annee={self.year}"
+        return layout.partition_label(self.dataset, self.year)
 
 
 @dataclass
@@ -72,7 +94,7 @@ class PartitionResult:
     dataset: str
     partition: str
     year: int
-    status: str  # loaded | skipped | failed
+    status: PartitionStatus
     reason: str = ""
     source_signal: str = ""
     url: str = ""
@@ -89,9 +111,47 @@ class PartitionResult:
     codes_restored: dict[str, int] = field(default_factory=dict)  # column -> rows from numbers
     quarantine_file: str = ""  # lake-relative Parquet file of this load's quarantined rows
 
+    def __post_init__(self) -> None:
+        self.status = PartitionStatus(self.status)
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy."""
-        return asdict(self)
+        """A JSON-ready copy: the entry of the load manifest."""
+        return {**asdict(self), "status": self.status.value}
+
+
+@dataclass
+class IngestReport:
+    """What an ingestion run did, partition by partition; its `to_dict` is the load manifest."""
+
+    load_id: str
+    lake: str
+    results: list[PartitionResult] = field(default_factory=list)
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    @property
+    def failed(self) -> list[PartitionResult]:
+        """Partitions that could not be loaded."""
+        return [r for r in self.results if r.status == PartitionStatus.FAILED]
+
+    @property
+    def status(self) -> LoadStatus:
+        """Failed when any partition failed (the others are committed), else completed."""
+        return LoadStatus.FAILED if self.failed else LoadStatus.COMPLETED
+
+    def count(self, status: PartitionStatus) -> int:
+        """How many partitions ended with a status."""
+        return sum(r.status == status for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The load manifest."""
+        return {
+            "load_id": self.load_id,
+            "lake": self.lake,
+            "status": self.status.value,
+            "started_at": self.started_at,
+            "finished_at": datetime.now(UTC).isoformat(),
+            "partitions": [r.to_dict() for r in self.results],
+        }
 
 
 def plan_dataset(
@@ -128,20 +188,21 @@ def plan_dataset(
 
 def _decide(
     info: PartitionInfo | None, committed: dict[str, Any] | None, signal: str, force: bool
-) -> tuple[str, str]:
+) -> tuple[PlanAction, str]:
+    load, skip = PlanAction.LOAD, PlanAction.SKIP
     if info is None:
-        return SKIP, "absent at the source"
+        return skip, "absent at the source"
     if force:
-        return LOAD, "forced"
+        return load, "forced"
     if committed is None:
-        return LOAD, "never loaded"
+        return load, "never loaded"
     if committed.get("source_count") != info.count:
-        return LOAD, f"count changed {committed.get('source_count')} -> {info.count}"
+        return load, f"count changed {committed.get('source_count')} -> {info.count}"
     if committed.get("source_signal") == signal:
-        return SKIP, "unchanged (same change signal and count)"
+        return skip, "unchanged (same change signal and count)"
     if info.checksum is not None and committed.get("source_checksum") == info.checksum:
-        return SKIP, "unchanged (source updated, but this year's count and sum are the same)"
-    return LOAD, f"source changed ({committed.get('source_signal')} -> {signal})"
+        return skip, "unchanged (source updated, but this year's count and sum are the same)"
+    return load, f"source changed ({committed.get('source_signal')} -> {signal})"
 
 
 def load_partition(
@@ -243,7 +304,7 @@ def _load(
         dataset=dataset.name,
         partition=plan.label,
         year=plan.year,
-        status="loaded",
+        status=PartitionStatus.LOADED,
         reason=plan.reason,
         source_signal=plan.signal,
         url=stats.url,
@@ -323,8 +384,8 @@ def _reject(
     raise PermanentError(
         f"systematic rejection: {scope}; most common reason: {rule} ({count:,} rows)"
         + (f" and {others} other reason(s)" if others > 0 else "")
-        + f"; nothing committed, rejected rows in quarantine/{plan.dataset}/"
-        f"annee={plan.year}/{load_id}.parquet",
+        + "; nothing committed, rejected rows in "
+        + layout.quarantine_file(plan.dataset, plan.year, load_id),
         url=url,
     )
 
@@ -443,19 +504,6 @@ def _write_quarantine(
     return relative
 
 
-def raw_pointers(lake: Lake) -> list[dict[str, Any]]:
-    """The `_current.json` of every committed raw partition of the lake."""
-    found = []
-    for dataset in lake.listing(layout.RAW):
-        for name in lake.listing(layout.raw_dataset(dataset)):
-            year = layout.year_of(name)
-            if year is not None:
-                pointer = lake.read_json(layout.raw_pointer(dataset, year))
-                if pointer is not None:
-                    found.append(pointer)
-    return found
-
-
 def recover_loads(lake: Lake) -> dict[str, Any]:
     """At a run's start, under the lease: give every killed load its manifest back.
 
@@ -471,7 +519,7 @@ def recover_loads(lake: Lake) -> dict[str, Any]:
     ]
     if not dead:
         return {}
-    pointers = raw_pointers(lake)
+    pointers = all_raw_pointers(lake)
     recovered: dict[str, Any] = {}
     for load_id in dead:
         entries = [p["load"] for p in pointers if p.get("load_id") == load_id and "load" in p]
@@ -481,7 +529,7 @@ def recover_loads(lake: Lake) -> dict[str, Any]:
                 {
                     "load_id": load_id,
                     "lake": lake.uri,
-                    "status": "interrupted",
+                    "status": LoadStatus.INTERRUPTED.value,
                     "finished_at": None,
                     "recovered_at": datetime.now(UTC).isoformat(),
                     "partitions": entries,

@@ -7,6 +7,7 @@ from functools import lru_cache
 import pandas as pd
 import pandera.pandas as pa
 
+from flows.lake.layout import partition_label
 from flows.sources.catalog import Column, Dataset, Kind, get_dataset
 
 PARIS = "Europe/Paris"
@@ -59,4 +60,4 @@ def partition_schema(dataset_name: str, year: int) -> pa.DataFrameSchema:
         )
         for c in dataset.columns
     }
-    return pa.DataFrameSchema(columns, strict=False, name=f"{dataset_name}/annee={year}")
+    return pa.DataFrameSchema(columns, strict=False, name=partition_label(dataset_name, year))

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from flows.sources.catalog import Column, Dataset, Kind
+from flows.sources.catalog import MASK_MARKER, Column, Dataset, Kind
 from flows.sources.schemas import INSTANT_DTYPE, partition_schema
 
 REASON = "_reason"
@@ -290,7 +290,7 @@ def _mask_secret(dataset: Dataset, valid: pd.DataFrame) -> pd.DataFrame:
     """ORE statistical secrecy: a masked row's measures are unknown (null), never 0."""
     if not dataset.masked_measures:
         return valid
-    masked = valid["conso_totale_mwh"].isna().to_numpy()
+    masked = valid[MASK_MARKER].isna().to_numpy()
     if not masked.any():
         return valid
     valid = valid.copy()

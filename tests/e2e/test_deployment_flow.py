@@ -13,15 +13,17 @@ from prefect.utilities.callables import parameter_schema
 from prefect_aws import MinIOCredentials, S3Bucket
 from pydantic import SecretStr
 
-from flows.flow import DatasetName, IngestFailed, energy_pipeline, ingest
-from flows.lake.blocks import resolve_settings
+from flows.flow import IngestFailed, energy_pipeline, ingest
+from flows.lake.storage import resolve_settings
 from flows.settings import Settings
 from flows.sources.catalog import DATASETS
 from tests.conftest import fast_settings
 
 
 def test_dataset_choices_are_the_catalog():
-    assert list(typing.get_args(DatasetName)) == list(DATASETS)
+    schema = parameter_schema(energy_pipeline.fn).model_dump_for_openapi()
+    choices = schema["properties"]["datasets"]["anyOf"][0]["items"]["enum"]
+    assert choices == list(DATASETS)
 
 
 def test_parameter_form_offers_datasets_years_and_force():

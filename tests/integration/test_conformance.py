@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from flows.flow import ingest
-from flows.gold.aggregate import GOLD_TABLES, run_aggregate
+from flows.gold.aggregate import run_aggregate
+from flows.gold.tables import GOLD_TABLES
 from tests.conftest import fast_settings
 from tests.support.goldview import assert_same_table, read_gold
 from tests.support.lakeview import read_raw

@@ -23,7 +23,7 @@ import duckdb
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from flows.gold.aggregate import GOLD_TABLES
+from flows.gold.tables import GOLD_TABLES
 from flows.lake.fs import Lake
 from flows.outputs.dashboard import build_dashboard
 from flows.sources.catalog import DATASETS

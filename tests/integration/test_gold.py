@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from flows.flow import aggregate, ingest
-from flows.gold.aggregate import GOLD_TABLES, run_aggregate
+from flows.gold.aggregate import run_aggregate
 from flows.gold.spark_submit import SparkJobFailed
+from flows.gold.tables import GOLD_TABLES
 from flows.settings import Settings
 from tests.conftest import fast_settings
 from tests.support.gold_reference import reference

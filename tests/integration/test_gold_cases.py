@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows.gold.aggregate import GOLD_TABLES, run_aggregate
+from flows.gold.aggregate import run_aggregate
+from flows.gold.tables import GOLD_TABLES
 from flows.lake.fs import Lake
 from flows.settings import Settings
 from flows.sources.catalog import get_dataset

@@ -41,15 +41,16 @@ from pydantic import SecretStr
 from emulator import PortalEmulator
 from flows.alerts.notify import MESSAGE_LIMIT, SLACK_BLOCK_ENV, failure_message, notify_failure
 from flows.errors import PermanentError, is_transient
-from flows.flow import IngestFailed, IngestReport, ingest, pipeline
+from flows.flow import IngestFailed, ingest, pipeline
 from flows.lake.fs import Lake
 from flows.lake.layout import new_load_id
+from flows.lake.publish import PublishedTable, PublishManifest
 from flows.outputs.dashboard import build_dashboard
 from flows.outputs.report import RunSummary
 from flows.settings import Settings
 from flows.sources.catalog import get_dataset
 from flows.sources.http import EXCERPT_CHARS, excerpt, one_line
-from flows.sources.ingest import PartitionResult, load_partition, plan_dataset
+from flows.sources.ingest import IngestReport, PartitionResult, load_partition, plan_dataset
 from flows.sources.portals import client_for
 from tests.conftest import fast_settings
 from tests.support.slack_receiver import SlackReceiver
@@ -701,11 +702,21 @@ def test_run_summary_markdown_keeps_hostile_text_literal():
         lake=f"/lake/{HOSTILE_MD}",
         load_id=HOSTILE_MD,
         partitions=[
-            {"dataset": HOSTILE_MD, "status": "failed", "year": YEAR},
-            {"dataset": HOSTILE_MD, "status": "loaded", "year": YEAR - 1, "rows_written": 5},
-            {"dataset": "commune", "status": "loaded", "year": YEAR, "rows_written": 7},
+            PartitionResult(dataset=HOSTILE_MD, partition="", status="failed", year=YEAR),
+            PartitionResult(
+                dataset=HOSTILE_MD, partition="", status="loaded", year=YEAR - 1, rows_written=5
+            ),
+            PartitionResult(
+                dataset="commune", partition="", status="loaded", year=YEAR, rows_written=7
+            ),
         ],
-        publish={"tables": {HOSTILE_MD: {"rows": 3}}, "checks": []},
+        publish=PublishManifest(
+            run_id="",
+            lake="",
+            published_at="",
+            years=None,
+            tables={HOSTILE_MD: PublishedTable(rows=3, files=1)},
+        ),
         dashboard=f"s3://bucket/{HOSTILE_MD}/index.html",
         hyper_message=HOSTILE_MD,
         timings={HOSTILE_MD: 1.5},

@@ -17,7 +17,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-from flows.flow import pipeline_flow
+from flows.flow import energy_pipeline
 from flows.outputs.report import CHECKS_KEY, DASHBOARD_KEY, GOLD_KEY, SUMMARY_KEY
 from tests.support.lakeview import counts_by_year
 
@@ -61,7 +61,7 @@ def run(emulator_session, tmp_path_factory) -> dict[str, Any]:
     watcher = threading.Thread(target=_progress_values, args=(stop, seen, time.time() - 1))
     watcher.start()
     try:
-        state = pipeline_flow(DATASETS, [2023], False, settings, return_state=True)
+        state = energy_pipeline(DATASETS, [2023], False, settings, return_state=True)
     finally:
         stop.set()
         watcher.join()
@@ -128,8 +128,8 @@ def test_failed_ingest_still_reports_what_was_loaded(emulator, tmp_path: Path):
     emulator.inject("status", dataset="departement", request="lines", status=500, times=None)
     settings = fast_settings(emulator, str(tmp_path / "lake"), partition_retries=0)
 
-    state = pipeline_flow(["nationale_annuelle", "departement"], [2023], False, settings,
-                          return_state=True)  # fmt: skip
+    state = energy_pipeline(["nationale_annuelle", "departement"], [2023], False, settings,
+                            return_state=True)  # fmt: skip
 
     assert state.is_failed()
     keyed = _by_key(_artifacts(state.state_details.flow_run_id))

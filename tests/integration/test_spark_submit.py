@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import subprocess
+import sys
 import time
+import zipfile
 from pathlib import Path
 
 import boto3
@@ -15,14 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.errors import PipelineError
+from flows.gold.aggregate import JOB_MODULES
 from flows.gold.spark_submit import (
     SparkJobFailed,
     build_command,
+    module_zip,
     run_spark_submit,
-    s3a_jars,
     spark_conf,
-    to_spark_uri,
 )
+from flows.lake.storage import s3a_jars, to_spark_uri
 from tests.support.spark_cluster import standalone_cluster
 
 # A tiny PySpark job: total and count of v per k, written as one Parquet file.
@@ -122,6 +126,76 @@ def test_spark_conf_s3_carries_no_secret() -> None:
 def test_s3a_jars_missing_says_how_to_fetch(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="make jars"):
         s3a_jars(tmp_path)
+
+
+JOB_FILES = [
+    "flows/__init__.py",
+    "flows/gold/__init__.py",
+    "flows/gold/tables.py",
+    "flows/lake/__init__.py",
+    "flows/lake/layout.py",
+]
+
+
+def test_job_modules_travel_in_a_zip_that_needs_nothing_else(tmp_path: Path) -> None:
+    archive = module_zip(JOB_MODULES, tmp_path)
+
+    assert sorted(zipfile.ZipFile(archive).namelist()) == JOB_FILES
+    # A bare interpreter (no site-packages, no project on its path) imports them from the zip.
+    code = (
+        f"import sys; sys.path.insert(0, {str(archive)!r}); "
+        "import flows.gold.tables as t, flows.lake.layout as l; "
+        "print(t.__file__, l.__file__, len(t.TABLES), l.gold_pointer('x'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+    )
+    tables, layout, count, pointer = done.stdout.split()
+    assert tables.startswith(str(archive)) and layout.startswith(str(archive))
+    assert (count, pointer) == ("8", "gold/x/_current.json")
+
+
+def test_py_files_come_before_the_app(tmp_path: Path) -> None:
+    command = build_command(
+        Path("job.py"), ["--a"], master="local", conf={}, py_files=[tmp_path / "m.zip"]
+    )
+    assert command[-4:] == [
+        "--py-files",
+        str(tmp_path / "m.zip"),
+        str(Path("job.py").resolve()),
+        "--a",
+    ]
+
+
+IMPORTER = """
+from pyspark.sql import SparkSession
+import flows.gold.tables
+spark = SparkSession.builder.getOrCreate()
+print(f"app: tables from {flows.gold.tables.__file__}", flush=True)
+spark.stop()
+"""
+
+
+@pytest.mark.spark
+def test_job_imports_the_shipped_modules(tmp_path: Path) -> None:
+    app = tmp_path / "importer.py"
+    app.write_text(IMPORTER)
+    lines: list[str] = []
+    run_spark_submit(
+        app,
+        [],
+        master="local[1]",
+        conf=spark_conf(str(tmp_path), None, "local[1]"),
+        jars=[],
+        env={},
+        timeout_s=180,
+        on_line=lines.append,
+        py_modules=JOB_MODULES,
+    )
+    [origin] = [line for line in lines if line.startswith("app: tables from ")]
+    shipped = origin.removeprefix("app: tables from ")
+    assert "py-files.zip" in shipped, origin  # from the zip, not the project's folder
+    assert not Path(shipped.split("py-files.zip")[0]).exists(), "the zip's folder is removed"
 
 
 @pytest.mark.spark

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from flows.errors import PipelineError
-from flows.gold.aggregate import GOLD_TABLES
+from flows.gold.tables import GOLD_TABLES
 from flows.lake.fs import Lake
 from flows.outputs.tableau import HYPER_MISSING, hyper_available, write_hyper_extracts
 from tests.support.goldview import assert_same_table, read_gold, required

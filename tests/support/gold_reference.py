@@ -1,4 +1,8 @@
-"""The gold tables of CONTRACT.md section 3, computed independently with DuckDB SQL."""
+"""The gold tables of docs/CONTRACT.md section 3, computed independently with DuckDB SQL.
+
+Independent of the Spark job: its own SQL over every raw Parquet file (not through the
+pointers), its own constants; only the lake's folder names come from flows.lake.layout.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from flows.lake import layout
+
 
 def _raw(lake: Path, dataset: str) -> str:
-    glob = lake / "raw" / dataset / "annee=*" / "*.parquet"
+    glob = lake / layout.raw_partition(dataset, "*") / "*.parquet"
     return f"read_parquet('{glob}', hive_partitioning = true, union_by_name = true)"
 
 

@@ -8,42 +8,21 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-KEYS = {
-    "conso_adresse": ["annee", "code_commune", "code_iris", "adresse"],
-    "conso_commune": ["annee", "code_commune", "filiere", "code_grand_secteur"],
-    "conso_departement": ["annee", "code_departement", "filiere", "code_grand_secteur"],
-    "conso_region": ["annee", "code_region", "filiere", "code_grand_secteur"],
-    "conso_secteur": ["annee", "filiere", "code_grand_secteur", "code_secteur_naf2"],
-    "conso_nationale": ["annee"],
-    "conso_regionale_brute": ["annee", "code_region"],
-    "conso_journaliere": ["date", "code_region"],
-}
-REQUIRED = {
-    "conso_adresse": "annee, adresse, code_iris, code_commune, nom_commune, code_departement, "
-    "code_region, nombre_de_logements, conso_totale_mwh, conso_moyenne_mwh",
-    "conso_commune": "annee, code_commune, nom_commune, code_departement, code_region, filiere, "
-    "code_grand_secteur, nb_sites, conso_totale_mwh, conso_moyenne_mwh, nb_lignes_masquees",
-    "conso_departement": "annee, code_departement, nom_departement, code_region, filiere, "
-    "code_grand_secteur, nb_sites, conso_totale_mwh, conso_moyenne_mwh, nb_lignes_masquees",
-    "conso_region": "annee, code_region, nom_region, filiere, code_grand_secteur, nb_sites, "
-    "conso_totale_mwh, conso_moyenne_mwh, nb_lignes_masquees",
-    "conso_secteur": "annee, filiere, code_grand_secteur, code_secteur_naf2, nb_sites, "
-    "conso_totale_mwh, conso_moyenne_mwh, nb_lignes_masquees",
-    "conso_nationale": "annee, gaz_mwh, electricite_mwh, total_mwh",
-    "conso_regionale_brute": "annee, code_region, nom_region, gaz_mwh, electricite_mwh, total_mwh",
-    "conso_journaliere": "date, annee, code_region, electricite_mwh, gaz_mwh, nb_pas_electricite, "
-    "nb_pas_gaz",
-}
+from flows.gold.tables import TABLES
+from flows.lake import layout
+
+KEYS = {name: list(table.keys) for name, table in TABLES.items()}
+REQUIRED = {name: list(table.columns) for name, table in TABLES.items()}
 
 
 def required(table: str) -> list[str]:
-    """The columns CONTRACT.md requires, in its order."""
-    return [c.strip() for c in REQUIRED[table].split(",")]
+    """The columns docs/CONTRACT.md requires, in its order (flows.gold.tables)."""
+    return list(REQUIRED[table])
 
 
 def read_gold(lake: Path, table: str) -> pd.DataFrame:
     """A gold table: every Parquet file below gold/<table>/ outside `_`/`.` folders."""
-    glob = lake / "gold" / table / "annee=*" / "*.parquet"
+    glob = lake / layout.gold_table(table) / f"{layout.YEAR_FOLDER}*" / "*.parquet"
     return duckdb.sql(f"select * from read_parquet('{glob}', hive_partitioning = true)").df()
 
 
