@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     slack_block: str = Field(
         PrefectNames().slack_block, description="SlackWebhook block that failed runs go to"
     )
+    alert_blocks: list[str] = Field(
+        default_factory=list,
+        description="More notification blocks failed runs go to, as <block-type-slug>/<name> "
+        "(ms-teams-webhook/ops, email/oncall), a JSON list in the environment",
+    )
     lease_wait_s: float = Field(
         3600.0,
         ge=0,

@@ -24,37 +24,7 @@ pytest_plugins = ["tests.support.emulator_http"]  # the emulator tests' `emu` an
 TEST_OUTPUT = Path(os.environ.get("TEST_OUTPUT_DIR", "test-output"))
 
 
-# Modules that run flows or tasks in this process, or CLI processes pointed at the session's
-# server (tests/support/clienv.py): they get the session's Prefect server. The others get
-# none (the CLI and deployment tests that need one start their own, in other processes);
-# unit tests run with the API pointed at a closed port, so one that starts using Prefect
-# fails at once instead of quietly starting a server.
-NEEDS_PREFECT_API = {
-    "test_bootstrap",
-    "test_change_detection",
-    "test_concurrent_runs",
-    "test_conformance",
-    "test_deployment_flow",
-    "test_faults",
-    "test_gold",
-    "test_hostile",
-    "test_ingest",
-    "test_kill_anywhere",
-    "test_lake_faults",
-    "test_rate_limits",
-    "test_report",
-    "test_s3",
-    "test_slack_hook",
-    "test_systematic",
-}
 NO_PREFECT_API = "http://127.0.0.1:9/api"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests of the modules that need a Prefect API."""
-    for item in items:
-        if item.path.stem in NEEDS_PREFECT_API:
-            item.add_marker(pytest.mark.prefect)
 
 
 @pytest.fixture(scope="session")
@@ -66,12 +36,13 @@ def prefect_server() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _prefect_api(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The session's Prefect server for tests marked `prefect`; no API for unit tests (the
-    setting reaches child processes too: no unit test starts the CLI)."""
-    if request.node.get_closest_marker("prefect"):
-        request.getfixturevalue("prefect_server")
-        yield
-    elif request.path.parent.name == "unit":
+    """Only the modules that run flows in the test process, or point CLI processes at the
+    session's server (tests/support/clienv.py), get a Prefect API: they say so with
+    `pytestmark = pytest.mark.usefixtures("prefect_server")`. The CLI and deployment tests
+    that need another start it themselves, in other processes. Unit tests run with the API
+    pointed at a closed port (the setting reaches child processes too: no unit test starts
+    the CLI), so one that starts using Prefect fails at once instead of starting a server."""
+    if request.path.parent.name == "unit":
         with temporary_settings({PREFECT_API_URL: NO_PREFECT_API}):
             yield
     else:

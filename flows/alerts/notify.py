@@ -1,11 +1,20 @@
-"""Failure messages with what only the flow knows, sent through the Slack block."""
+"""Failure messages with what only the flow knows, sent through Prefect notification blocks.
+
+Channels are blocks by name: the Slack block (`slack_block`) and any other notification block
+listed in `alert_blocks` as `<block-type-slug>/<block-name>` (`ms-teams-webhook/ops`,
+`email/oncall`, ...). A channel's markup rules live in CHANNELS, by block type; a block type
+without an entry gets the plain text. Adding a channel is a block and a setting.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import Flow, State
+from prefect.blocks.core import Block
 from prefect.blocks.notifications import SlackWebhook
 from prefect.client.schemas.objects import FlowRun
 
@@ -31,10 +40,36 @@ def slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _no_markup(text: str) -> str:
+    return text
+
+
+def _as_is(block: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Channel:
+    """How one kind of notification block is written to: its escaping and set-up."""
+
+    block_type: str  # the Prefect block type slug
+    escape: Callable[[str], str] = _no_markup
+    prepare: Callable[[Any], None] = _as_is
+
+    def line(self, text: str, limit: int = LINE_LIMIT) -> str:
+        """One line of untrusted text, escaped for this channel (see `escaped_line`)."""
+        return escaped_line(text, limit, self.escape)
+
+
 def slack_line(text: str, limit: int = LINE_LIMIT) -> str:
-    """One line of untrusted text, escaped for Slack, at most `limit` characters escaped
-    (cut between characters, never inside an entity, and then marked with `…`)."""
-    escaped = [slack_escape(char) for char in one_line(text)]
+    """One line of untrusted text, escaped for Slack (see `escaped_line`)."""
+    return escaped_line(text, limit, slack_escape)
+
+
+def escaped_line(text: str, limit: int, escape: Callable[[str], str]) -> str:
+    """One line of untrusted text, escaped, at most `limit` characters escaped (cut between
+    characters, never inside an entity, and then marked with `…`)."""
+    escaped = [escape(char) for char in one_line(text)]
     if sum(len(e) for e in escaped) <= limit:
         return "".join(escaped)
     kept, used = [], 1  # room for the mark
@@ -46,33 +81,34 @@ def slack_line(text: str, limit: int = LINE_LIMIT) -> str:
     return "".join(kept) + "…"
 
 
-def failure_message(flow_name: str, run_name: str, state: State[Any]) -> str:
+def failure_message(
+    flow_name: str, run_name: str, state: State[Any], channel: Channel | None = None
+) -> str:
     """Flow, run, state, and each failed partition with its URL and the quarantine count.
 
     Every piece of text is escaped for Slack and the whole is bounded (MESSAGE_LIMIT): a
     failure reason quotes what a portal answered, which must not ping a channel or hide a link.
     """
-    head = slack_line(f"energy-pipeline: flow run {flow_name}/{run_name} ended {state.name}.")
+    line = (channel or SLACK).line
+    head = line(f"energy-pipeline: flow run {flow_name}/{run_name} ended {state.name}.")
     error = state.result(raise_on_failure=False)
     report = getattr(error, "report", None)
     lines: list[str] = []
     tail: list[str] = []
     if report is not None:
-        lines = [
-            slack_line(f"- {failed.partition} failed: {failed.reason}") for failed in report.failed
-        ]
+        lines = [line(f"- {failed.partition} failed: {failed.reason}") for failed in report.failed]
         quarantined = sum(r.rows_quarantined for r in report.results)
-        tail.append(
-            slack_line(f"Rows quarantined in this load: {quarantined} (load {report.load_id}).")
-        )
+        tail.append(line(f"Rows quarantined in this load: {quarantined} (load {report.load_id})."))
         where = f"the load manifest {layout.load_manifest(report.load_id)}"
     else:
-        lines = [slack_line(f"Reason: {state.message}")]
+        lines = [line(f"Reason: {state.message}")]
         where = "the flow run's logs"
-    return _bounded(head, lines, tail, where)
+    return _bounded(head, lines, tail, where, line)
 
 
-def _bounded(head: str, lines: list[str], tail: list[str], where: str) -> str:
+def _bounded(
+    head: str, lines: list[str], tail: list[str], where: str, note: Callable[[str, int], str]
+) -> str:
     """head, as many lines as fit, a note of those left out, then the tail."""
     room = MESSAGE_LIMIT - sum(len(t) + 1 for t in [head, *tail]) - 100  # 100: the note
     shown: list[str] = []
@@ -82,34 +118,41 @@ def _bounded(head: str, lines: list[str], tail: list[str], where: str) -> str:
         shown.append(line)
         room -= len(line) + 1
     if len(shown) < len(lines):
-        shown.append(slack_line(f"… and {len(lines) - len(shown)} more: see {where}.", 100))
+        shown.append(note(f"… and {len(lines) - len(shown)} more: see {where}.", 100))
     return "\n".join([head, *shown, *tail])[:MESSAGE_LIMIT]
 
 
 def notify_failure(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    """Flow on_failure hook: never raises, so the original failure stays what the run shows."""
-    name = _slack_block()
-    try:
-        block: Any = SlackWebhook.load(name)
-        _post_as_section(block)
-        body = failure_message(flow.name, flow_run.name, state)
-        # the title goes to a plain_text header that Apprise escapes itself (max 150 chars)
-        subject = one_line(f"energy-pipeline {flow_run.name} {state.name}")
-        while len(slack_escape(subject)) > HEADER_LIMIT:
-            subject = subject[:-1]
-        with block.raise_on_failure():
-            block.notify(body=body, subject=subject)
-    except Exception as exc:  # the alert must not mask the failure it reports
-        log.warning("could not send the failure to Slack block %r: %s", name, exc)
+    """Flow on_failure hook: never raises, so the original failure stays what the run shows;
+    a channel that cannot be reached does not keep the others from being told."""
+    for block_type, name in _channels():
+        channel = CHANNELS.get(block_type, Channel(block_type))
+        try:
+            block: Any = Block.load(f"{block_type}/{name}")
+            channel.prepare(block)
+            body = failure_message(flow.name, flow_run.name, state, channel)
+            # the title goes to a plain-text header (Apprise escapes it itself; max 150 chars)
+            subject = one_line(f"energy-pipeline {flow_run.name} {state.name}")
+            while len(channel.escape(subject)) > HEADER_LIMIT:
+                subject = subject[:-1]
+            with block.raise_on_failure():
+                block.notify(body=body, subject=subject)
+        except Exception as exc:  # the alert must not mask the failure it reports
+            log.warning("could not send the failure to %s block %r: %s", block_type, name, exc)
 
 
-def _slack_block() -> str:
-    """The Slack block's name from the settings; their default if another setting is bad
-    (the run has already failed on it: the alert must still go out)."""
+def _channels() -> list[tuple[str, str]]:
+    """(block type, block name) of every channel, from the settings; their defaults if another
+    setting is bad (the run has already failed on it: the alert must still go out)."""
     try:
-        return Settings().slack_block
+        settings = Settings()
     except Exception:
-        return str(Settings.model_fields["slack_block"].default)
+        settings = Settings.model_construct()
+    channels = [(SLACK.block_type, settings.slack_block)]
+    for reference in settings.alert_blocks:
+        block_type, _, name = reference.partition("/")
+        channels.append((block_type, name))
+    return channels
 
 
 def _post_as_section(block: Any) -> None:
@@ -125,3 +168,7 @@ def _post_as_section(block: Any) -> None:
     for server in getattr(block, "_apprise_client", None) or ():
         if isinstance(server, NotifySlack):
             server.use_blocks = True
+
+
+SLACK = Channel(SlackWebhook.get_block_type_slug(), slack_escape, _post_as_section)
+CHANNELS: dict[str, Channel] = {channel.block_type: channel for channel in (SLACK,)}

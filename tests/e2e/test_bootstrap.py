@@ -10,6 +10,8 @@ from prefect_aws import MinIOCredentials, S3Bucket
 
 from deployments.bootstrap import BootstrapConfig, bootstrap
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 ENV = {
     "ENERGY_PIPELINE_PREFECT_PREFIX": "bootstrap-test",
     "ENERGY_PIPELINE_S3_BUCKET": "lake-bucket",

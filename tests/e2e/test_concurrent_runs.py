@@ -20,6 +20,8 @@ from tests.support.clienv import cli_env
 from tests.support.lakestate import lake_state
 from tests.support.lakeview import download_bucket
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 DATASETS = "departement,nationale_annuelle"
 YEAR = 2023
 

@@ -19,6 +19,8 @@ from flows.settings import Settings
 from flows.sources.catalog import DATASETS
 from tests.conftest import fast_settings
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 
 def test_dataset_choices_are_the_catalog():
     schema = parameter_schema(energy_pipeline.fn).model_dump_for_openapi()

@@ -33,6 +33,8 @@ from flows.crashpoints import POINTS
 from tests.support.clienv import cli_env
 from tests.support.lakestate import lake_state, owner_processes
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 DATASETS = "departement,commune,nationale_annuelle"
 YEAR = 2023
 DEFAULT_POINTS = "partition-committed:2,publish-committed"

@@ -10,6 +10,8 @@ import pytest
 from flows.flow import ingest
 from tests.support.lakeview import counts_by_year, read_raw
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 DATA_REQUESTS = ("export", "lines")
 DATASETS = ["commune", "nationale_annuelle", "regionale_quotidienne"]
 

@@ -23,6 +23,8 @@ from tests.conftest import fast_settings
 from tests.support.goldview import assert_same_table, read_gold
 from tests.support.lakeview import read_raw
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 SEEDS = [int(s) for s in os.environ.get("CONFORMANCE_SEEDS", "2,4").split(",") if s.strip()]
 WINDOW_S = 0.5
 

@@ -13,6 +13,8 @@ import pytest
 from flows.flow import IngestFailed, ingest
 from tests.support.lakeview import counts_by_year, duplicate_keys, read_raw
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 TRANSPORT_FAULTS = [
     # (dataset, request kind, fault kind, options)
     ("nationale_quotidienne", "export", "status", {"status": 429, "retry_after": 0.2, "times": 2}),

@@ -18,6 +18,8 @@ from tests.support.gold_reference import reference
 from tests.support.goldview import assert_same_table, read_gold, required
 from tests.support.lakeview import download_bucket
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 
 def quiet(line: str) -> None:
     """Spark's log is not needed by these tests."""

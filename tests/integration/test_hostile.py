@@ -55,6 +55,8 @@ from flows.sources.portals import client_for
 from tests.conftest import fast_settings
 from tests.support.slack_receiver import SlackReceiver
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 DATASET = "departement"  # Agence ORE, Data Fair: 8218 rows in 2023, three pages of 3000
 YEAR = 2023
 PAGE = 3000

@@ -13,6 +13,8 @@ from flows.settings import Settings
 from flows.sources.catalog import DATASETS
 from tests.support.lakeview import counts_by_year, duplicate_keys, read_raw
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 
 def lake_of(settings: Settings) -> Path:
     return Path(settings.lake)

@@ -19,6 +19,8 @@ from emulator import PortalEmulator
 from tests.support.clienv import cli_env
 from tests.support.lakestate import lake_state
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 DATASETS = "departement,nationale_annuelle"
 YEAR = 2023
 SIZE = "16m"

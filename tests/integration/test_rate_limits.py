@@ -17,6 +17,8 @@ import pytest
 from flows.flow import IngestFailed, ingest
 from tests.support.lakeview import counts_by_year
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 
 def rate_limited(emulator, dataset: str) -> list[dict]:
     return [r for r in emulator.requests if r["dataset"] == dataset and r["status"] == 429]

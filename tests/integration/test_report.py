@@ -21,7 +21,7 @@ from flows.flow import energy_pipeline
 from flows.outputs.report import CHECKS_KEY, DASHBOARD_KEY, GOLD_KEY, SUMMARY_KEY
 from tests.support.lakeview import counts_by_year
 
-pytestmark = [pytest.mark.spark]
+pytestmark = [pytest.mark.spark, pytest.mark.usefixtures("prefect_server")]
 
 DATASETS = ["nationale_annuelle", "regionale_annuelle", "departement"]
 

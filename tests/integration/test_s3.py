@@ -10,7 +10,7 @@ from flows.sources.catalog import DATASETS
 from tests.conftest import fast_settings
 from tests.support.lakeview import counts_by_year, download_bucket, duplicate_keys
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.usefixtures("prefect_server")]
 
 
 def keys(endpoint: str, bucket: str) -> list[str]:

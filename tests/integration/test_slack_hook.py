@@ -14,6 +14,8 @@ from flows.alerts.notify import SLACK_BLOCK_ENV
 from flows.flow import IngestFailed, pipeline
 from tests.support.slack_receiver import SlackReceiver
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 
 @pytest.fixture
 def slack(monkeypatch) -> Iterator[SlackReceiver]:

@@ -18,6 +18,8 @@ from flows.sources.ingest import load_partition, plan_dataset
 from flows.sources.portals import client_for
 from tests.support.lakeview import counts_by_year, read_raw
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 
 def quarantine_files(settings, dataset: str) -> list[Path]:
     return sorted((Path(settings.lake) / "quarantine" / dataset).rglob("*.parquet"))
