@@ -143,7 +143,8 @@ def partition_sources(
         tuple(sorted(set(regional_daily_years))) if regional_daily_years is not None else years[-1:]
     )
     out: dict[str, dict[int, Source]] = {}
-    for short in ("adresse", "commune", "departement", "nationale_annuelle", "regionale_annuelle"):
+    annual = [short for short, spec in DATASETS.items() if spec.partition == "annee"]
+    for short in annual:  # served from their 2023 sample, scaled for other years
         out[short] = {y: TableSource(_annual_partition(short, y)) for y in years}
     for year, rows in (adresse_rows or {}).items():
         out["adresse"][year] = SyntheticAdresse(

@@ -1,4 +1,4 @@
-"""Static description of the seven emulated datasets: portals, ids, fields and keys."""
+"""Static description of the emulated datasets: portals, ids, fields and keys."""
 
 from __future__ import annotations
 

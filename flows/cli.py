@@ -140,7 +140,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
         if name == "aggregate":
             continue
-        sub.add_argument("--datasets", type=parse_datasets, help="comma list, default: all seven")
+        sub.add_argument(
+            "--datasets",
+            type=parse_datasets,
+            help="comma list, default: every dataset of the catalog",
+        )
         sub.add_argument("--force", action="store_true", help="re-pull unchanged partitions")
         if name == "demo":
             sub.add_argument(

@@ -415,7 +415,7 @@ def energy_pipeline(
     """Ingest, then aggregate and publish; a failed ingest publishes nothing.
 
     Args:
-        datasets: datasets to pull (all seven when empty).
+        datasets: datasets to pull (every dataset of the catalog when empty).
         years: years to pull and rebuild (every year the portals hold when empty).
         force: pull partitions again even when the source has not changed.
         settings: the command line's settings; a deployment leaves it out (it is not in the

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flows.sources.catalog import PORTALS
+
 ENV_PREFIX = "ENERGY_PIPELINE_"
 YEAR_MIN = 2000  # the years a run may ask for: the CLI's and the deployed flow's bound
 YEAR_MAX = 2100
@@ -187,7 +189,7 @@ class Settings(BaseSettings):
     def _lake_form(cls, value: str) -> str:
         return check_lake_uri(value)
 
-    @field_validator("odre_url", "ore_url", "enedis_url")
+    @field_validator(*(f"{portal}_url" for portal in PORTALS))
     @classmethod
     def _portal_url(cls, value: str) -> str:
         return check_http_url(value)

@@ -392,6 +392,7 @@ def _dataset_panel(lake: Lake, dataset: Dataset) -> dict[str, Any]:
     portal = PORTALS.get(dataset.portal)
     return {
         "name": dataset.name,
+        "title": dataset.title or dataset.name,
         "portal": portal.title if portal is not None else dataset.portal,
         "source_id": dataset.source_id,
         **dataset_stats(lake, dataset),

@@ -83,6 +83,7 @@ class Dataset:
     aliases: dict[str, str] = field(default_factory=dict)
     masked_measures: tuple[str, ...] = ()  # set null when conso_totale_mwh is null (ORE secrecy)
     fingerprint_field: str | None = None  # summed per partition to spot revised years
+    title: str = ""  # how people know it (the dashboard's label)
 
     @property
     def column_map(self) -> dict[str, Column]:
@@ -183,10 +184,11 @@ def _daily_measures(min_value: float | None) -> tuple[Column, ...]:
     )
 
 
-def _ore_dataset(name: str, source_id: str, geography: tuple[Column, ...]) -> Dataset:
+def _ore_dataset(name: str, title: str, source_id: str, geography: tuple[Column, ...]) -> Dataset:
     """An Agence ORE annual dataset; its first geography column is the area code."""
     return Dataset(
         name=name,
+        title=title,
         portal="ore",
         protocol="datafair",
         source_id=source_id,
@@ -217,6 +219,7 @@ DATASETS: dict[str, Dataset] = {
     for d in (
         Dataset(
             name="adresse",
+            title="Consommation résidentielle par adresse",
             portal="enedis",
             protocol="datafair",
             source_id="consommation-annuelle-residentielle-par-adresse",
@@ -269,6 +272,7 @@ DATASETS: dict[str, Dataset] = {
         ),
         _ore_dataset(
             "commune",
+            "Consommation annuelle par commune",
             "consommation-annuelle-d-electricite-et-gaz-par-commune",
             geography=(
                 _req("code_commune", Kind.CODE, nullable=False, pattern=CODE_COMMUNE, width=5),
@@ -284,6 +288,7 @@ DATASETS: dict[str, Dataset] = {
         ),
         _ore_dataset(
             "departement",
+            "Consommation annuelle par département",
             "consommation-annuelle-d-electricite-et-gaz-par-departement",
             geography=(
                 _req(
@@ -296,6 +301,7 @@ DATASETS: dict[str, Dataset] = {
         ),
         Dataset(
             name="nationale_annuelle",
+            title="Consommation brute annuelle nationale",
             portal="odre",
             protocol="opendatasoft",
             source_id="consommation-annuelle-brute",
@@ -311,6 +317,7 @@ DATASETS: dict[str, Dataset] = {
         ),
         Dataset(
             name="regionale_annuelle",
+            title="Consommation brute annuelle régionale",
             portal="odre",
             protocol="opendatasoft",
             source_id="consommation-annuelle-brute-regionale",
@@ -329,6 +336,7 @@ DATASETS: dict[str, Dataset] = {
         ),
         Dataset(
             name="nationale_quotidienne",
+            title="Consommation brute quotidienne nationale",
             portal="odre",
             protocol="opendatasoft",
             source_id="consommation-quotidienne-brute",
@@ -340,6 +348,7 @@ DATASETS: dict[str, Dataset] = {
         ),
         Dataset(
             name="regionale_quotidienne",
+            title="Consommation brute quotidienne régionale",
             portal="odre",
             protocol="opendatasoft",
             source_id="consommation-quotidienne-brute-regionale",

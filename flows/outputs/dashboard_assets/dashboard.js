@@ -16,15 +16,6 @@
     INCONNU: "Non affecté",
   };
   const STATUSES = { ok: "OK", warning: "Alerte", skipped: "Non évalué" };
-  const DATASETS = {
-    adresse: "Consommation résidentielle par adresse",
-    commune: "Consommation annuelle par commune",
-    departement: "Consommation annuelle par département",
-    nationale_annuelle: "Consommation brute annuelle nationale",
-    regionale_annuelle: "Consommation brute annuelle régionale",
-    nationale_quotidienne: "Consommation brute quotidienne nationale",
-    regionale_quotidienne: "Consommation brute quotidienne régionale",
-  };
   const NUMBER = {
     int: new Intl.NumberFormat("fr-FR", { maximumFractionDigits: 0 }),
     mwh: new Intl.NumberFormat("fr-FR", { maximumFractionDigits: 1 }),
@@ -703,8 +694,9 @@
       ? `Tables publiées le ${stamp(publication.published_at)} (exécution ${publication.run_id}).`
       : "Aucune publication des tables.";
     $("generated").textContent = `Tableau de bord généré le ${stamp(D.generated_at)}.`;
+    const titles = Object.fromEntries(D.datasets.map((d) => [d.name, d.title]));  // the catalog's
     dataTable($("datasets-body"), "table-datasets", [
-      { key: "name", label: "Jeu de données", kind: "text", render: (n) => `${DATASETS[n] || n} (${n})` },
+      { key: "name", label: "Jeu de données", kind: "text", render: (n) => `${titles[n] || n} (${n})` },
       { key: "portal", label: "Portail", kind: "text" },
       { key: "source_updated", label: "Mise à jour de la source", kind: "stamp" },
       { key: "years", label: "Années chargées", kind: "list" },
