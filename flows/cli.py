@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from flows import runtime
+from flows.lake import layout
 from flows.settings import YEAR_MAX, YEAR_MIN, Settings, env_name
 from flows.sources.catalog import DATASETS, PORTALS
 
@@ -587,7 +588,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 def _print_publish(manifest: PublishManifest) -> None:
     tables = ", ".join(f"{t} ({f.rows} rows)" for t, f in manifest.tables.items())
-    print(f"published to {manifest.lake}/gold/: {tables}")
+    print(f"published to {manifest.lake}/{layout.GOLD}/: {tables}")
     for check in manifest.warnings:
         print(f"check {check.name}: {check.problems} finding(s) ({check.summary})")
 

@@ -289,7 +289,7 @@ def aggregate_task(settings: Settings, years: list[int] | None) -> AggregateRepo
     with writing(settings, command="aggregate"):
         report = run_aggregate(settings, years, on_line=_spark_line(logger))
     for table, figures in report.manifest.tables.items():
-        logger.info("published gold/%s: %d rows", table, figures.rows)
+        logger.info("published %s: %d rows", layout.gold_table(table), figures.rows)
     for check in report.warnings:
         logger.warning(
             "consistency check %s: %d finding(s), e.g. %s",

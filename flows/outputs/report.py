@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 from uuid import UUID
 
+from flows.lake import layout
 from flows.lake.publish import CheckStatus, PublishManifest
 from flows.sources.http import one_line
 from flows.sources.ingest import PartitionResult, PartitionStatus
@@ -260,12 +261,14 @@ class RunSummary:
             f"{self.count(PartitionStatus.FAILED)} failed",
         ]
         if self.publish:
-            lines.append(f"- **Gold tables**: {md_code(self.lake + '/gold/')} (Parquet by year, "
-                         "and `.csv`)")  # fmt: skip
+            gold = md_code(f"{self.lake}/{layout.GOLD}/")
+            lines.append(f"- **Gold tables**: {gold} (Parquet by year, and `.csv`)")
         if self.dashboard:
             lines.append(f"- **Dashboard**: {md_code(self.dashboard)}")
         if self.hyper:
-            lines.append(f"- **Tableau extracts**: {len(self.hyper)} `.hyper` file(s) in `gold/`")
+            lines.append(
+                f"- **Tableau extracts**: {len(self.hyper)} `.hyper` file(s) in `{layout.GOLD}/`"
+            )
         elif self.hyper_message:
             lines.append(f"- **Tableau extracts**: {md_text(self.hyper_message)}")
         lines += ["", "## Ingestion", "",
@@ -325,7 +328,7 @@ def create_run_artifacts(summary: RunSummary) -> None:
     if summary.publish:
         create_link_artifact(
             key=GOLD_KEY,
-            link=_link(f"{summary.lake.rstrip('/')}/gold/"),
+            link=_link(f"{summary.lake.rstrip('/')}/{layout.GOLD}/"),
             link_text="Gold tables (Parquet, CSV, Hyper)",
             description="The published gold tables",
         )
