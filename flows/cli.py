@@ -132,13 +132,16 @@ def _parser() -> argparse.ArgumentParser:
         ("ingest", "pull raw partitions from the portals into the lake"),
         ("aggregate", "build and publish the gold tables from the raw lake (Spark)"),
         ("demo", "the whole pipeline against the bundled portal emulator (no network)"),
+        ("outputs", "rebuild the dashboard and the Tableau extracts from the published tables"),
     ):
         sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--lake", help="lake URI (overrides ENERGY_PIPELINE_LAKE)")
+        sub.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+        if name == "outputs":
+            continue
         sub.add_argument(
             "--years", type=parse_years, help=f"{_YEARS_HELP} ({YEAR_MIN}-{YEAR_MAX}); default: all"
         )
-        sub.add_argument("--lake", help="lake URI (overrides ENERGY_PIPELINE_LAKE)")
-        sub.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
         if name == "aggregate":
             continue
         sub.add_argument(
@@ -238,6 +241,15 @@ def _problems(exc: ValidationError, sources: dict[str, str]) -> str:
 def _run(args: argparse.Namespace, settings: Settings, overrides: dict[str, Any]) -> None:
     if args.command == "demo":
         _demo(args, overrides)
+    elif args.command == "outputs":
+        from flows.flow import outputs
+
+        built = outputs(settings)
+        if built.hyper_message:
+            print(built.hyper_message)
+        else:
+            print(f"Tableau extracts: {', '.join(f'{t}.hyper' for t in built.hyper)}")
+        print(f"dashboard: {built.dashboard}")
     elif args.command == "aggregate":
         from flows.flow import aggregate
 

@@ -31,7 +31,7 @@ from flows.errors import PipelineError, is_transient
 from flows.gold.aggregate import AggregateReport, run_aggregate
 from flows.lake import layout
 from flows.lake.fs import Lake, lake_error
-from flows.lake.publish import PublishManifest
+from flows.lake.publish import PublishManifest, published
 from flows.lake.storage import resolve_settings
 from flows.lake.writer import writing
 from flows.outputs.dashboard import build_dashboard
@@ -435,6 +435,33 @@ def ingest(
     settings = settings or Settings()
     flow_ = ingest_flow.with_options(task_runner=_thread_pool(settings.partition_concurrency))
     return flow_(datasets, years, force, settings)
+
+
+@flow(name="outputs", log_prints=True)
+def outputs_flow(settings: Settings | None = None) -> Outputs:
+    """Rebuild the dashboard and the Tableau extracts from the published gold tables, without
+    ingesting or running Spark (after an upgrade that changes them, or to time them alone)."""
+    settings = settings or Settings()
+    lake = Lake.from_settings(settings)
+    with writing(settings, command="outputs"):  # no publish in between (the lease re-enters)
+        pointer = published(lake)
+        if pointer is None:
+            raise PipelineError(
+                "no published gold tables: run `energy-pipeline aggregate` (or `run`) first",
+                dataset="gold",
+                partition="(outputs)",
+                url=lake.path(layout.PUBLISH_POINTER),
+            )
+        # every table currently published, whichever run published it; its latest checks
+        tables = {t: {"rows": e["rows"], "files": len(e["files"])}
+                  for t, e in pointer["tables"].items()}  # fmt: skip
+        manifest = PublishManifest.from_dict({**pointer, "tables": tables})
+        return outputs_task(settings, manifest)
+
+
+def outputs(settings: Settings | None = None) -> Outputs:
+    """Run the outputs flow."""
+    return outputs_flow(settings or Settings())
 
 
 def aggregate(years: list[int] | None = None, settings: Settings | None = None) -> AggregateReport:
