@@ -107,11 +107,6 @@ def version_folder(run_id: str) -> str:
     return f"{VERSIONS}/{run_id}"
 
 
-def version_table(run_id: str, table: str) -> str:
-    """One table of a run's version."""
-    return f"{version_folder(run_id)}/{table}"
-
-
 def job_result(folder: str) -> str:
     """What the Spark job writes last in the folder it staged: tables, checks, timings."""
     return f"{folder}/_result.json"
@@ -145,11 +140,6 @@ def gold_hyper(table: str) -> str:
 def gold_staging(name: str) -> str:
     """A staging folder of the gold zone (views being refreshed, extracts being written)."""
     return f"{GOLD_STAGING}/{name}"
-
-
-def pointer_of(folder: str) -> str:
-    """The `_current.json` of any committed folder."""
-    return f"{folder}/{POINTER}"
 
 
 # --- readers and outputs --------------------------------------------------------------------
