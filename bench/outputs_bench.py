@@ -1,10 +1,12 @@
 """Outputs benchmark: the dashboard and the Tableau extracts of a production-sized gold lake.
 
 Generates, with PyArrow and a fixed seed (no Spark), a gold lake laid out like the one the
-aggregate step publishes: `gold/<table>/annee=<YYYY>/part-00000-<uuid>.c000.snappy.parquet`
-(one file per year, as Spark's `repartition("annee")` writes it) with `_SUCCESS` and
-`_current.json`, the columns of `flows.gold.tables` with the types the Spark job writes, rows
-in shuffled order.
+aggregate step publishes: `gold/<table>/annee=<YYYY>/part-<NNNNN>-<uuid>.c000.snappy.parquet`
+with `_SUCCESS` and `_current.json`, the columns of `flows.gold.tables` with the types the
+Spark job writes. By default the rows are in each table's key order, cut into files of
+PART_ROWS rows whose names sort in that order, as the Spark job writes them, so
+`build_dashboard` streams `conso_adresse`; `--unordered` writes one file per year, rows in
+shuffled order (the same rows), to measure its fallback (sorting each year in memory).
 Sizes at `--scale 1`: `conso_adresse` 8M rows over 2021-2023 (35k communes, four of them
 with 100k+ addresses), `conso_commune` 13 years x 35k communes x 2 filières x 5 grands
 secteurs, the other tables to match, `conso_journaliere` 13 years x 19 regions ('FR' too).
@@ -16,15 +18,17 @@ gold CSV files are not written (neither output reads them).
 Then each step runs in a fresh process, so peak RSS is that step's own: `build_dashboard`,
 `write_hyper_extracts` of the eight tables, and the built page opened from file:// in
 headless Chromium (load until the charts are drawn, then region, département and the
-commune with most addresses, a search and a sort in its addresses, JS heap).
+commune with most addresses, a search and a sort in its addresses, then the smallest commune
+of the largest address file of several communes, JS heap).
 
-    uv run python bench/outputs_bench.py [--scale 1.0] [--out PATH]
+    uv run python bench/outputs_bench.py [--scale 1.0] [--out PATH] [--unordered]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -54,6 +58,7 @@ SEED = 7
 YEARS = list(range(2011, 2024))  # 13 years of ORE, ODRE annual and daily data
 ADDRESS_YEARS = [2021, 2022, 2023]
 ADDRESS_ROWS = 8_000_000  # over ADDRESS_YEARS, at scale 1
+PART_ROWS = 300_000  # rows per Parquet file of an ordered lake
 COMMUNES = 35_000
 # (code, name, addresses at scale 1): the few very large communes of the address table
 BIG_COMMUNES = [
@@ -116,6 +121,13 @@ def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
+def _cpu_seconds() -> float:
+    """User and system CPU time of this process so far (all its threads): the time a step
+    would take alone on a machine that others share."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _folder_size(folder: Path, pattern: str = "*") -> tuple[int, int]:
     """(files, bytes) of the files below a folder matching a pattern."""
     files = [p for p in folder.rglob(pattern) if p.is_file()]
@@ -128,25 +140,42 @@ def _folder_size(folder: Path, pattern: str = "*") -> tuple[int, int]:
 class GoldLake:
     """Writes gold tables, raw pointers and manifests like the real pipeline."""
 
-    def __init__(self, root: Path, rng: np.random.Generator) -> None:
+    def __init__(self, root: Path, rng: np.random.Generator, ordered: bool = True) -> None:
         self.root = root
         self.rng = rng
+        self.ordered = ordered
         self.run_id = layout.new_load_id()
         self.load_id = self.run_id
         self.files: dict[str, list[str]] = {}
         self.rows: dict[str, int] = {}
+        self.parts: dict[str, int] = {}  # files written so far, by table (Spark's task numbers)
 
-    def write(self, table: str, year: int, data: pa.Table, shuffle: bool = True) -> None:
-        """One year of a gold table as one Snappy Parquet file, rows in shuffled order."""
-        if shuffle and data.num_rows > 1:
+    def write(self, table: str, year: int, data: pa.Table) -> None:
+        """One year of a gold table as Snappy Parquet.
+
+        Ordered (as the Spark job writes them): rows in the table's key order, cut into
+        files of PART_ROWS rows whose names (task number first) sort in that order. Else one
+        file, rows in shuffled order. The shuffle is drawn either way, so both lakes hold
+        the same rows.
+        """
+        if data.num_rows > 1:
             data = data.take(pa.array(self.rng.permutation(data.num_rows)))
         data = data.select(SCHEMAS[table].names).cast(SCHEMAS[table])
-        part = f"part-00000-{uuid.UUID(bytes=self.rng.bytes(16))}.c000.snappy.parquet"
-        name = f"{layout.YEAR_FOLDER}{year}/{part}"
-        path = self.root / layout.gold_table(table) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(data, path, compression="snappy")
-        self.files.setdefault(table, []).append(name)
+        job = uuid.UUID(bytes=self.rng.bytes(16))
+        pieces = [data]
+        if self.ordered:
+            keys = [key for key in TABLES[table].keys if key != PARTITION]
+            if keys:
+                data = data.sort_by([(key, "ascending") for key in keys])
+            pieces = [data.slice(start, PART_ROWS) for start in range(0, data.num_rows, PART_ROWS)]
+        for piece in pieces:
+            part = self.parts.get(table, 0)
+            self.parts[table] = part + 1
+            name = f"{layout.YEAR_FOLDER}{year}/part-{part:05d}-{job}.c000.snappy.parquet"
+            path = self.root / layout.gold_table(table) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(piece, path, compression="snappy")
+            self.files.setdefault(table, []).append(name)
         self.rows[table] = self.rows.get(table, 0) + data.num_rows
 
     def finish_gold(self) -> dict[str, Any]:
@@ -416,10 +445,10 @@ def _grid(columns: dict[str, list[Any]]) -> pa.Table:
     return pa.Table.from_pandas(index.to_frame(index=False), preserve_index=False)
 
 
-def build_lake(root: Path, scale: float) -> dict[str, Any]:
+def build_lake(root: Path, scale: float, ordered: bool = True) -> dict[str, Any]:
     """Write the synthetic lake; returns its sizes and the commune with most addresses."""
     rng = np.random.default_rng(SEED)
-    lake = GoldLake(root, rng)
+    lake = GoldLake(root, rng, ordered)
     departements, regions = _geography()
     communes = _communes(rng, departements, max(200, round(COMMUNES * scale)))
     per_year = round(ADDRESS_ROWS * scale / len(ADDRESS_YEARS))
@@ -543,6 +572,7 @@ def build_lake(root: Path, scale: float) -> dict[str, Any]:
     )
     biggest = int(np.argmax(sizes))
     return {
+        "ordered": ordered,
         "tables": manifest["tables"],
         "gold_bytes": _folder_size(root / layout.GOLD, "*.parquet")[1],
         "largest": {
@@ -559,9 +589,9 @@ def build_lake(root: Path, scale: float) -> dict[str, Any]:
 # ---------- the measured steps (each in its own process) ----------
 
 
-def build_step(lake_path: str, scale: str) -> dict[str, Any]:
+def build_step(lake_path: str, scale: str, ordered: str) -> dict[str, Any]:
     """The lake is built in a process of its own too, so the parent stays small."""
-    return build_lake(Path(lake_path), float(scale))
+    return build_lake(Path(lake_path), float(scale), ordered == "ordered")
 
 
 def dashboard_step(lake_path: str) -> dict[str, Any]:
@@ -595,21 +625,70 @@ def dashboard_step(lake_path: str) -> dict[str, Any]:
         "render_page",
     ]:
         timed(name)
-    started = time.perf_counter()
+    sorted_years: list[str] = []  # years of conso_adresse the dashboard had to sort
+
+    class Fallbacks(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "not in key order" in record.getMessage():
+                sorted_years.append(str(record.args[1]) if record.args else "?")
+
+    logging.getLogger(dashboard.__name__).addHandler(Fallbacks(logging.WARNING))
+    started, cpu = time.perf_counter(), _cpu_seconds()
     dashboard.build_dashboard(Lake(lake_path))
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     build = sorted((Path(lake_path) / layout.dashboard_builds()).iterdir())[-1]
     files, size = _folder_size(build, "*.js")
-    largest = max(p.stat().st_size for p in build.rglob("*.js"))
+    largest = max(build.rglob("*.js"), key=lambda p: p.stat().st_size)
+    by_kind = {kind.name: _folder_size(kind, "*.js")[0] for kind in sorted(build.iterdir())}
     return {
+        "densest": _densest(Path(lake_path), build),
         "seconds": seconds,
+        "cpu_seconds": cpu,
+        "load_average": os.getloadavg()[0],
         "phases": {k: round(v, 2) for k, v in phases.items()},
         "peak_rss_after_mb": {k: round(v) for k, v in peaks.items()},
         "peak_rss_mb": _peak_rss_mb(),
         "index_bytes": (Path(lake_path) / layout.dashboard_page()).stat().st_size,
         "lazy_files": files,
+        "lazy_files_by_kind": by_kind,
         "lazy_bytes": size,
-        "largest_lazy_bytes": largest,
+        "largest_lazy_bytes": largest.stat().st_size,
+        "largest_lazy_file": str(largest.relative_to(build)),
+        "years_sorted_in_memory": sorted_years,
+    }
+
+
+def _lazy(path: Path) -> Any:
+    """The document of a lazy file."""
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text[text.index(" = ") + 3 : text.rindex(";")])
+
+
+def _densest(lake: Path, build: Path) -> dict[str, Any]:
+    """The smallest commune of the default year's largest address file of several communes
+    (what a small commune costs the page), from the commune files of the build."""
+    html = (lake / layout.dashboard_page()).read_text(encoding="utf-8")
+    page = json.loads(html[html.index("window.__dashboard__ = ") + 23 :].split(";\n", 1)[0])
+    year = str(page["default_year"])
+    files: dict[tuple[str, int], list[tuple[int, str]]] = {}
+    for path in sorted((build / "communes" / year).glob("*.js")):
+        document = _lazy(path)
+        for commune, count in document["adresses"].items():
+            part = document.get("parties", {}).get(commune, 0)
+            files.setdefault((path.stem, part), []).append((count, commune))
+    several = {key: communes for key, communes in files.items() if len(communes) > 1}
+    if not several:
+        return {}
+    (departement, part), communes = max(several.items(), key=lambda f: sum(c for c, _ in f[1]))
+    count, commune = min(communes)
+    return {
+        "annee": year,
+        "code_departement": departement,
+        "code_region": page["departements"][departement][1],
+        "code_commune": commune,
+        "addresses": count,
+        "file_communes": len(communes),
+        "file_addresses": sum(c for c, _ in communes),
     }
 
 
@@ -632,13 +711,15 @@ def hyper_step(lake_path: str) -> dict[str, Any]:
     }
 
 
-def browser_step(index: str, largest_json: str) -> dict[str, Any]:
-    """The page from file:// in headless Chromium: load, the largest commune, heap."""
+def browser_step(index: str, targets_json: str) -> dict[str, Any]:
+    """The page from file:// in headless Chromium: load, the largest commune, the smallest
+    commune of the largest address file, heap."""
     import shutil
 
     from playwright.sync_api import sync_playwright
 
-    largest = json.loads(largest_json)
+    targets = json.loads(targets_json)
+    largest, densest = targets["largest"], targets["densest"]
     executable = shutil.which("chromium")
     if not executable:
         raise SystemExit("chromium is not on PATH: run scripts/chromium-setup.sh")
@@ -694,11 +775,24 @@ def browser_step(index: str, largest_json: str) -> dict[str, Any]:
         page.click("#table-adresses th[data-key=conso_totale_mwh]")
         page.evaluate("() => document.getElementById('table-adresses').dataset.rows")
         timings["sort"] = time.perf_counter() - started
+        dense_shown = None
+        if densest:
+            step("dense_region", lambda: page.select_option("#f-region", densest["code_region"]))
+            step(
+                "dense_departement",
+                lambda: page.select_option("#f-departement", densest["code_departement"]),
+            )
+            step("dense_commune", lambda: page.select_option("#f-commune", densest["code_commune"]))
+            dense_shown = page.evaluate(
+                "() => { const t = document.getElementById('table-adresses');"
+                " return t ? Number(t.dataset.rows) : null; }"
+            )
         browser.close()
     return {
         "timings": timings,
         "charts": charts,
         "addresses_shown": shown,
+        "dense_addresses_shown": dense_shown,
         "search_matches": found,
         "heap_loaded_mb": heap_loaded,
         "heap_addresses_mb": heap_addresses,
@@ -724,7 +818,7 @@ def report(
     built: dict[str, Any], dash: dict[str, Any], hyper: dict[str, Any], page: dict[str, Any]
 ) -> str:
     """The figures as a markdown table."""
-    largest = built["largest"]
+    largest, densest = built["largest"], dash["densest"]
     t = page["timings"]
     rows = [
         (
@@ -732,19 +826,30 @@ def report(
             f"{sum(v['rows'] for v in built['tables'].values()):,} rows, "
             f"{_mb(built['gold_bytes'])} of Parquet "
             f"(conso_adresse {built['tables']['conso_adresse']['rows']:,}, "
-            f"conso_commune {built['tables']['conso_commune']['rows']:,})",
+            f"conso_commune {built['tables']['conso_commune']['rows']:,}), "
+            + ("in key order" if built["ordered"] else "rows shuffled"),
         ),
-        ("build_dashboard: wall time", f"{dash['seconds']:.1f} s"),
+        (
+            "build_dashboard: wall time",
+            f"{dash['seconds']:.1f} s (CPU {dash['cpu_seconds']:.1f} s; "
+            f"load average {dash['load_average']:.1f} at its end)",
+        ),
         ("build_dashboard: peak RSS", f"{dash['peak_rss_mb']:,.0f} MB"),
         (
             "build_dashboard: where the time goes",
             ", ".join(f"{k} {v:.1f} s" for k, v in dash["phases"].items()),
         ),
+        (
+            "build_dashboard: conso_adresse years sorted in memory",
+            ", ".join(dash["years_sorted_in_memory"]) or "none (streamed)",
+        ),
         ("index.html", _mb(dash["index_bytes"])),
         (
             "lazy files",
-            f"{dash['lazy_files']:,} files, {_mb(dash['lazy_bytes'])} "
-            f"(largest {_mb(dash['largest_lazy_bytes'])})",
+            f"{dash['lazy_files']:,} files "
+            f"({', '.join(f'{k} {v:,}' for k, v in dash['lazy_files_by_kind'].items())}), "
+            f"{_mb(dash['lazy_bytes'])} "
+            f"(largest {_mb(dash['largest_lazy_bytes'])}, {dash['largest_lazy_file']})",
         ),
         (
             "write_hyper_extracts: wall time",
@@ -773,6 +878,17 @@ def report(
             f"{page['heap_loaded_mb']:,.0f} MB / {page['heap_addresses_mb']:,.0f} MB",
         ),
     ]
+    if densest:
+        rows.append(
+            (
+                "browser: then a small commune in the largest address file of several communes "
+                f"({densest['code_commune']}, {densest['addresses']:,} addresses; département "
+                f"{densest['code_departement']}, its file: {densest['file_communes']} communes, "
+                f"{densest['file_addresses']:,} addresses): region / département / commune drawn",
+                f"{t['dense_region']:.2f} s / {t['dense_departement']:.2f} s / "
+                f"{t['dense_commune']:.2f} s",
+            )
+        )
     lines = ["| step | figure |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
     return "\n".join(lines)
@@ -794,13 +910,19 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="sizes x scale (0.05: smoke)")
     parser.add_argument("--out", help="build the lake here and keep it (default: a temp dir)")
     parser.add_argument("--json", default="bench/out/outputs.json", help="where the figures go")
+    parser.add_argument(
+        "--unordered",
+        action="store_true",
+        help="write the gold rows shuffled, one file per year (the dashboard's fallback)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="outputs-bench-") as scratch:
         lake = Path(args.out).resolve() if args.out else Path(scratch) / "lake"
         if lake.exists() and any(lake.iterdir()):
             raise SystemExit(f"{lake} is not empty")
         started = time.perf_counter()
-        built = _child("build", str(lake), str(args.scale))
+        order = "unordered" if args.unordered else "ordered"
+        built = _child("build", str(lake), str(args.scale), order)
         print(
             f"gold lake at {lake}: {_mb(built['gold_bytes'])}, "
             f"built in {time.perf_counter() - started:.0f} s",
@@ -816,11 +938,13 @@ def main() -> None:
         )
         hyper = _child("hyper", str(lake))
         print(f"extracts written in {hyper['seconds']:.1f} s", flush=True)
-        page = _child("browser", str(lake / layout.dashboard_page()), json.dumps(built["largest"]))
+        targets = {"largest": built["largest"], "densest": dash["densest"]}
+        page = _child("browser", str(lake / layout.dashboard_page()), json.dumps(targets))
         if page["errors"]:
             print(f"browser errors: {page['errors']}")
         print(f"charts drawn (marks per chart): {page['charts']}")
         print(f"addresses table: {page['addresses_shown']} (rows, rows shown)")
+        print(f"smallest commune of the largest file: {page['dense_addresses_shown']} rows")
         print()
         print(report(built, dash, hyper, page))
         result = {

@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     spool_bucket_rows: int = Field(100_000, ge=1)
     spark_timeout_s: float = Field(3600.0, gt=0)
     spark_driver_memory: str = "2g"
+    plain_views: bool = Field(
+        True,
+        description="Keep gold/<table>/ and gold/<table>.csv as plain copies of the published "
+        "tables (hard links locally; server-side copies on S3). False publishes by pointer "
+        "alone (gold/_publish.json): no byte copied, readers follow the pointer",
+    )
     user_agent: str = "energy-pipeline/0.1 (open-data pipeline: French electricity and gas use)"
     lease_ttl_s: float = Field(
         60.0,

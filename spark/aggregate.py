@@ -1,16 +1,23 @@
 """Gold tables from the raw lake: the standalone PySpark program that spark-submit runs.
 
 Reads each raw partition through its `_current.json` pointer, computes the eight tables
-of docs/CONTRACT.md section 3, writes each one (Parquet partitioned by `annee`, and one CSV)
-under a staging folder of the lake, with the consistency checks as JSON. Publishing the
-staged tables is the caller's job, once this program has exited 0. No Prefect import: the
-only project modules it imports, `flows.gold.tables` (what each table is: sources, keys,
-columns) and `flows.lake.layout` (every lake path), are pure Python that the runner ships
-with `--py-files`.
+of docs/CONTRACT.md section 3, writes each one as Parquet partitioned by `annee` under a
+staging folder of the lake, with the consistency checks as JSON. Publishing the staged
+tables (and writing their CSV from the Parquet files) is the caller's job, once this
+program has exited 0. No Prefect import: the only project modules it imports,
+`flows.gold.tables` (what each table is: sources, keys, columns, layout) and
+`flows.lake.layout` (every lake path), are pure Python that the runner ships with
+`--py-files`.
 
 The builders (`conso_*`) are plain functions of their source frames, with no I/O: `run()`
 reads the sources, checks what each builder returns against the table's contract, adds the
 other published years back with --years, and writes the tables and `_result.json`.
+
+Every table is written in the order of its keys: its files read by year folder, then by
+file name, give its rows sorted (`arrange`). A big table (`GoldTable.cluster`) is
+range-partitioned on its leading keys and sorted by its keys before its group by, which
+then needs no other shuffle nor sort (its builder arranges its rows itself); a small one is
+sorted in one partition. The shuffle partitions follow the cluster's cores (`tune`).
 
     spark-submit --py-files flows.zip spark/aggregate.py --lake s3a://bucket/lake
         --staging gold/_versions/RUN [--years 2022,2023] [--tables conso_commune,...]
@@ -21,17 +28,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import operator
 import os
 import shutil
 import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import reduce
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -43,6 +53,8 @@ GWH_TO_MWH = 1000.0
 ELECTRICITY_STEP_H = 0.5
 GAS_STEP_H = 1.0
 ADDRESS_PARTS = ("numero_de_voie", "indice_de_repetition", "type_de_voie", "libelle_de_voie")
+EXAMPLES = 20  # problem rows a consistency check reports
+EXECUTOR_WAIT_S = 30.0  # on a cluster, for the first executor before sizing the shuffles
 
 
 class ContractError(RuntimeError):
@@ -119,17 +131,25 @@ class LakeFiles:
         )
 
     def published(self, table: str) -> DataFrame | None:
-        """The published version of a gold table, None when there is none yet."""
-        try:
-            pointer = json.loads(self.read_text(self.uri(layout.gold_pointer(table))))
-        except Exception:  # no published version yet: any filesystem error means none
-            return None
-        if not pointer.get("files"):
-            return None
-        base = self.uri(layout.gold_table(table))
-        return self.spark.read.option("basePath", base).parquet(
-            *[f"{base}/{name}" for name in pointer["files"]]
-        )
+        """The published version of a gold table, None when there is none yet: the version
+        `gold/_publish.json` names (plain views may be off), else the plain view's (a lake
+        published before the pointer existed)."""
+        for pointer_path, base_of in (
+            (layout.PUBLISH_POINTER, lambda p: self.uri(p["tables"][table]["folder"])),
+            (layout.gold_pointer(table), lambda p: self.uri(layout.gold_table(table))),
+        ):
+            try:
+                pointer = json.loads(self.read_text(self.uri(pointer_path)))
+            except Exception:  # nothing there: any filesystem error means none
+                continue
+            entry = pointer.get("tables", {}).get(table) if "tables" in pointer else pointer
+            if not entry or not entry.get("files"):
+                continue
+            base = base_of(pointer)
+            return self.spark.read.option("basePath", base).parquet(
+                *[f"{base}/{name}" for name in entry["files"]]
+            )
+        return None
 
 
 # --- the builders: source frames in, a gold table out ---------------------------------------
@@ -158,13 +178,37 @@ def _code(name: str) -> Column:
     return F.col(name).cast(T.StringType()).alias(name)
 
 
+def partition(frame: DataFrame, table: GoldTable) -> DataFrame:
+    """The frame's rows in the partitions of the table's write: a big table (`cluster`)
+    range-partitioned on its cluster keys (as many ranges as shuffle partitions, adjacent
+    ones merged by AQE when small), a small one in one partition (no shuffle, no sampling
+    of the keys)."""
+    return frame.repartitionByRange(*table.cluster) if table.cluster else frame.coalesce(1)
+
+
+def arrange(frame: DataFrame, table: GoldTable) -> DataFrame:
+    """The frame laid out for the table's write: partitioned, each partition sorted by the
+    table's keys. Task i writes the i-th partition, in key order, so the files in (year
+    folder, file name) order hold the rows in key order. A big table's builder arranges its
+    rows before its group by on the same keys, which then needs no other shuffle nor sort.
+    """
+    return partition(frame, table).sortWithinPartitions(*table.write_order)
+
+
+def _squeezed(text: Column) -> Column:
+    """Runs of whitespace (Java's `\\s`: space, tab, LF, VT, FF, CR) as one space; the regex
+    only runs on the values it would change."""
+    changes = reduce(operator.or_, [text.contains(run) for run in ("  ", *"\t\n\x0b\f\r")])
+    return F.when(changes, F.regexp_replace(text, r"\s+", " ")).otherwise(text)
+
+
 def conso_adresse(adresse: DataFrame) -> DataFrame:
     """Year x address (Enedis residential)."""
-    parts = [
-        F.when(F.trim(F.col(p)) != "", F.regexp_replace(F.trim(F.col(p)), r"\s+", " "))
-        for p in ADDRESS_PARTS
-    ]
-    rows = adresse.select(
+    parts = [F.when(F.trim(F.col(p)) != "", _squeezed(F.trim(F.col(p)))) for p in ADDRESS_PARTS]
+    table = TABLES["conso_adresse"]
+    # Range-partitioned on the raw rows: the addresses are built after the shuffle, once
+    # (the sampling of the range bounds reads the raw rows again).
+    rows = partition(adresse.withColumn("code_commune", _code("code_commune")), table).select(
         F.col("annee"),
         F.concat_ws(" ", *parts).alias("adresse"),
         _code("code_iris"),
@@ -175,7 +219,9 @@ def conso_adresse(adresse: DataFrame) -> DataFrame:
         F.col("nombre_de_logements").cast(T.LongType()).alias("nombre_de_logements"),
         F.col("consommation_annuelle_totale_de_l_adresse_mwh").alias("conso_totale_mwh"),
     )
-    grouped = rows.groupBy("annee", "code_commune", "code_iris", "adresse").agg(
+    # Sorted, then grouped by the keys in their order: no other shuffle nor sort.
+    groups = rows.sortWithinPartitions(*table.write_order).groupBy(*table.keys)
+    grouped = groups.agg(
         F.max("nom_commune").alias("nom_commune"),
         F.max("code_departement").alias("code_departement"),
         F.max("code_region").alias("code_region"),
@@ -196,9 +242,15 @@ def conso_adresse(adresse: DataFrame) -> DataFrame:
     )
 
 
-def _ore_area(source: DataFrame, area: str, attributes: Sequence[str]) -> DataFrame:
-    """ORE rows summed per year x area x filière x grand secteur, area attributes kept."""
-    grouped = source.groupBy("annee", _code(area), "filiere", "code_grand_secteur").agg(
+def _ore_area(source: DataFrame, area: str, attributes: Sequence[str],
+              table: GoldTable | None = None) -> DataFrame:  # fmt: skip
+    """ORE rows summed per year x area x filière x grand secteur, area attributes kept;
+    the rows arranged for `table` before the group by when it is a big one."""
+    keys = ("annee", area, "filiere", "code_grand_secteur")
+    rows = source.withColumn(area, _code(area))
+    if table is not None and table.cluster:
+        rows = arrange(rows, table)  # keys in the table's order: no other shuffle nor sort
+    grouped = rows.groupBy(*keys).agg(
         *[F.max(_code(name) if name.startswith("code_") else name).alias(name)
           for name in attributes],
         *_sum_unmasked(),
@@ -210,7 +262,8 @@ def _ore_area(source: DataFrame, area: str, attributes: Sequence[str]) -> DataFr
 
 def conso_commune(commune: DataFrame) -> DataFrame:
     """Year x commune x filière x grand secteur (ORE commune, over operators and NAF codes)."""
-    return _ore_area(commune, "code_commune", ("nom_commune", "code_departement", "code_region"))
+    return _ore_area(commune, "code_commune", ("nom_commune", "code_departement", "code_region"),
+                     TABLES["conso_commune"])  # fmt: skip
 
 
 def conso_departement(departement: DataFrame) -> DataFrame:
@@ -323,7 +376,7 @@ def check_columns(table: GoldTable, frame: DataFrame) -> DataFrame:
     return frame
 
 
-# --- I/O: carry-over, writing -----------------------------------------------------------------
+# --- I/O: carry-over, layout, writing -------------------------------------------------------
 
 
 def carry_over(fresh: DataFrame, published: DataFrame | None, years: set[int]) -> DataFrame:
@@ -334,50 +387,69 @@ def carry_over(fresh: DataFrame, published: DataFrame | None, years: set[int]) -
     return fresh.unionByName(kept.select(*fresh.columns))
 
 
-def write_table(frame: DataFrame, target: str, sort_keys: Sequence[str]) -> dict[str, float]:
-    """Parquet partitioned by year, and one sorted CSV (UTF-8, comma, header); seconds each."""
-    frame = frame.withColumn(PARTITION, F.col(PARTITION).cast(T.IntegerType()))
-    started = time.perf_counter()
-    frame.repartition(PARTITION).write.mode("overwrite").partitionBy(PARTITION).parquet(target)
-    parquet_s = time.perf_counter() - started
-    plain = [
-        F.col(f.name).cast(T.DecimalType(38, 6)).alias(f.name)
-        if isinstance(f.dataType, T.DoubleType)
-        else F.col(f.name)
-        for f in frame.schema.fields
-    ]
-    started = time.perf_counter()
-    (
-        frame.sparkSession.read.parquet(target)
-        .select(*plain)
-        .orderBy(*sort_keys)
-        .coalesce(1)
-        .write.mode("overwrite")
-        .option("header", True)
-        .option("encoding", "UTF-8")
-        .option("emptyValue", "")
-        .csv(layout.staged_csv(target))
-    )
-    return {"parquet_s": round(parquet_s, 2), "csv_s": round(time.perf_counter() - started, 2)}
+def laid_out(table: GoldTable, built: DataFrame, published: DataFrame | None,
+             years: set[int] | None) -> DataFrame:  # fmt: skip
+    """What is written for a table: its built rows, with the other published years kept
+    (--years), arranged in the order of its keys. A big table's builder arranged its rows
+    already (before its group by): only a union with published years is arranged again."""
+    if years is not None and published is not None:
+        return arrange(carry_over(built, published, years), table)
+    return built if table.cluster else arrange(built, table)
 
 
-def _rows(frame: DataFrame, limit: int = 20) -> list[dict[str, Any]]:
+def tune(spark: SparkSession, wait_s: float = EXECUTOR_WAIT_S) -> None:
+    """Shuffle partitions follow the cluster: as many as its executors' cores (Spark's default
+    parallelism, once they registered), adjacent ones merged by AQE when small; a value the
+    user set is kept."""
+    settings = spark._jsparkSession.sessionState().conf()  # type: ignore[attr-defined]
+    context = spark.sparkContext
+    if not context.master.startswith("local"):  # executors register after the session starts
+        status = context._jsc.sc().getExecutorMemoryStatus  # type: ignore[attr-defined]
+        deadline = time.monotonic() + wait_s
+        while status().size() < 2 and time.monotonic() < deadline:  # the driver counts as one
+            time.sleep(0.2)
+    chosen = {
+        "spark.sql.shuffle.partitions": str(context.defaultParallelism),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+    }
+    for key, value in chosen.items():
+        if not settings.contains(key):  # set by --conf, spark-defaults.conf or the session
+            spark.conf.set(key, value)
+    shuffles = spark.conf.get("spark.sql.shuffle.partitions")
+    print(f"energy-pipeline: {shuffles} shuffle partitions ({context.master})", flush=True)
+
+
+def write_table(frame: DataFrame, target: str) -> int:
+    """Parquet partitioned by year (an integer column: raw partitions and dates give one),
+    in the order the frame is laid out, no other sort; returns its rows, counted while
+    writing (no other Spark job)."""
+    rows = Observation()
+    written = frame.observe(rows, F.count(F.lit(1)).alias("rows"))
+    written.write.mode("overwrite").partitionBy(PARTITION).parquet(target)
+    return int(rows.get.get("rows", 0))
+
+
+def _rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return [
         {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.asDict().items()}
-        for row in frame.limit(limit).collect()
+        for row in rows
     ]
 
 
 def _check(name: str, problems: DataFrame | None, summary: str, **figures: Any) -> dict[str, Any]:
+    """One check: its first problem rows in one Spark job, counted by another only when there
+    are more than it reports."""
     if problems is None:
         return {"name": name, "status": "skipped", "summary": summary}
-    count = problems.count()
+    first = problems.limit(EXAMPLES + 1).collect()
+    count = len(first) if len(first) <= EXAMPLES else problems.count()
     return {
         "name": name,
         "status": "ok" if count == 0 else "warning",
         "summary": summary,
         "problems": count,
-        "examples": _rows(problems),
+        "examples": _rows(first[:EXAMPLES]),
         **figures,
     }
 
@@ -494,18 +566,32 @@ def consistency_checks(tables: dict[str, DataFrame]) -> list[dict[str, Any]]:
     return checks
 
 
+def read_staged(spark: SparkSession, target: str, schema: T.StructType) -> DataFrame:
+    """A staged table read back with the schema it was written with (no job to infer it)."""
+    fields = [
+        T.StructField(f.name, T.IntegerType() if f.name == PARTITION else f.dataType)
+        for f in schema.fields
+    ]
+    return spark.read.schema(T.StructType(fields)).parquet(target).select(*schema.names)
+
+
 def run(spark: SparkSession, lake: str, staging: str, years: Sequence[int] | None,
         tables: Sequence[str]) -> dict[str, Any]:  # fmt: skip
     """Build, stage and check the chosen tables; returns the result document.
 
     All the job's I/O: each source read once through its partitions' pointers (a table is
-    skipped when none of its sources is loaded), each built table checked against its
-    contract, the other published years kept with --years, Parquet and CSV written below
-    the staging folder, then the checks and the result document.
+    skipped when none of its sources is loaded; a source feeding several tables is cached
+    for them), each built table checked against its contract, the other published years
+    kept with --years, each table written below the staging folder in the order of its keys
+    and counted as it is written, then the checks on the staged tables and the result
+    document.
     """
+    tune(spark)
     files = LakeFiles(spark, lake)
     chosen = set(years) if years else None
+    uses = Counter(dataset for name in tables for dataset in TABLES[name].sources)
     sources: dict[str, DataFrame | None] = {}
+    cached: list[DataFrame] = []
     staged: dict[str, DataFrame] = {}
     counts: dict[str, int] = {}
     skipped: list[str] = []
@@ -514,19 +600,25 @@ def run(spark: SparkSession, lake: str, staging: str, years: Sequence[int] | Non
         table = TABLES[name]
         for dataset in table.sources:
             if dataset not in sources:
-                sources[dataset] = files.raw_table(dataset, chosen)
+                source = files.raw_table(dataset, chosen)
+                if source is not None and uses[dataset] > 1:
+                    source = source.cache()  # département: three tables, one read
+                    cached.append(source)
+                sources[dataset] = source
         frames = [sources[dataset] for dataset in table.sources]
         if all(frame is None for frame in frames):
             skipped.append(name)
             continue
-        frame = check_columns(table, BUILDERS[name](*frames))
-        if chosen is not None:
-            frame = carry_over(frame, files.published(name), chosen)
+        built = check_columns(table, BUILDERS[name](*frames))
+        published = files.published(name) if chosen is not None else None
         target = files.uri(f"{staging}/{name}")
-        timings[name] = write_table(frame, target, table.keys)
-        staged[name] = spark.read.parquet(target)
-        counts[name] = staged[name].count()
+        started = time.perf_counter()
+        counts[name] = write_table(laid_out(table, built, published, chosen), target)
+        timings[name] = {"parquet_s": round(time.perf_counter() - started, 2)}
+        staged[name] = read_staged(spark, target, built.schema)
         print(f"energy-pipeline: staged {name}: {counts[name]} rows {timings[name]}", flush=True)
+    for source in cached:
+        source.unpersist()
     started = time.perf_counter()
     checks = consistency_checks(staged)
     timings["checks"] = {"seconds": round(time.perf_counter() - started, 2)}

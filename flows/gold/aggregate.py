@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flows.crashpoints import crashpoint
+from flows.gold.csv_export import CsvReport, write_csv
 from flows.gold.spark_submit import run_spark_submit, spark_conf
-from flows.gold.tables import GOLD_TABLES
+from flows.gold.tables import GOLD_TABLES, TABLES
 from flows.lake import layout, storage
 from flows.lake.fs import Lake, lake_error
 from flows.lake.layout import PUBLISH_POINTER, new_load_id, version_folder
@@ -30,6 +31,7 @@ class AggregateReport:
 
     run_id: str
     manifest: PublishManifest
+    csv: dict[str, CsvReport] = field(default_factory=dict)
 
     @property
     def warnings(self) -> list[ConsistencyCheck]:
@@ -38,7 +40,12 @@ class AggregateReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
-        return {"run_id": self.run_id, "manifest": self.manifest.to_dict()}
+        return {
+            "run_id": self.run_id,
+            "manifest": self.manifest.to_dict(),
+            "csv": {t: {"rows": r.rows, "bytes": r.bytes, "seconds": r.seconds}
+                    for t, r in self.csv.items()},
+        }  # fmt: skip
 
 
 def run_aggregate(
@@ -77,8 +84,9 @@ def run_aggregate(
         result = lake.read_json(layout.job_result(staging))
         if result is None:
             raise PublishError("the Spark job left no result", url=lake.path(staging))
+        csv = write_csvs(lake, staging, result, on_line)
         crashpoint("gold-staged")
-        manifest = publish_tables(lake, run_id, staging, result)
+        manifest = publish_tables(lake, run_id, staging, result, views=settings.plain_views)
         committed = True
     except OSError as exc:
         raise lake_error(exc, dataset="gold", partition=f"publish {run_id}") from exc
@@ -87,4 +95,16 @@ def run_aggregate(
             committed = (lake.read_json(PUBLISH_POINTER) or {}).get("run_id") == run_id
         if not committed:
             lake.remove(staging)
-    return AggregateReport(run_id=run_id, manifest=manifest)
+    return AggregateReport(run_id=run_id, manifest=manifest, csv=csv)
+
+
+def write_csvs(lake: Lake, staging: str, result: dict[str, Any],
+               on_line: Callable[[str], None]) -> dict[str, CsvReport]:  # fmt: skip
+    """Each staged table's CSV beside its folder, streamed from the job's sorted files."""
+    reports = {}
+    for table, rows in result["tables"].items():
+        folder = f"{staging}/{table}"
+        reports[table] = write_csv(lake, folder, TABLES[table], layout.staged_csv(folder), rows)
+        on_line(f"energy-pipeline: wrote {table}.csv: {rows} rows, "
+                f"{reports[table].bytes} bytes in {reports[table].seconds} s")  # fmt: skip
+    return reports

@@ -2,7 +2,8 @@
 
 The runner only: the command line (settings, jars, the Python modules the job imports,
 shipped with --py-files), the child's environment, its streamed log, its timeout and kill,
-and the generic Spark settings (cores, shuffle partitions, log level). What a lake's storage
+and the generic Spark settings (time zone, log level, driver memory; shuffle partitions are
+the job's, from the cluster it gets). What a lake's storage
 needs (URI, S3A settings, jars) comes from `flows.lake.storage`.
 """
 
@@ -101,16 +102,6 @@ def bundled_hadoop_version() -> str | None:
     return None
 
 
-def _local_cores(master: str) -> int:
-    """How many cores a local[N] / local[*] master uses (the machine's for other masters)."""
-    match = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\d+)?\])?", master)
-    if match and match.group(1) and match.group(1) != "*":
-        return int(match.group(1))
-    if master == "local":
-        return 1
-    return os.cpu_count() or 2
-
-
 def spark_conf(
     lake_uri: str,
     s3_endpoint: str | None,
@@ -120,8 +111,8 @@ def spark_conf(
     driver_memory: str = "1g",
 ) -> dict[str, str]:
     """Spark and Hadoop settings for a job on this lake: the generic ones, then what the
-    lake's storage needs (`region`: the S3 region setting); no secret ever goes in here."""
-    cores = _local_cores(master)
+    lake's storage needs (`region`: the S3 region setting); no secret ever goes in here.
+    `master` is kept for callers; nothing here depends on it any more."""
     conf = {
         "spark.app.name": "energy-pipeline",
         "spark.sql.session.timeZone": "UTC",
@@ -130,9 +121,9 @@ def spark_conf(
         # Spark's INFO chatter would drown the job's own output in the flow's log.
         "spark.log.level": "WARN",
         "spark.driver.memory": driver_memory,
-        # A few cores and small data: default 200 shuffle partitions is pure overhead.
-        "spark.sql.shuffle.partitions": str(max(4, 2 * cores)),
-        "spark.default.parallelism": str(max(2, cores)),
+        # No shuffle partitions nor default parallelism here: they follow the cluster's cores,
+        # which only the job knows once its session is up (spark/aggregate.py `tune`); a
+        # value set here would take the driver's cores for the cluster's.
     }
     conf.update(storage.spark_conf(lake_uri, s3_endpoint, region))
     return conf

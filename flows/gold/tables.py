@@ -22,6 +22,14 @@ class GoldTable:
     `keys` is its unique key and the order of its rows (Parquet files and CSV); `columns`
     its columns in CSV order; `sources` the raw datasets it is built from (it is skipped
     when none of them is loaded).
+
+    The Spark job writes it as Parquet partitioned by `annee` in the order of `keys`: its
+    files read by year folder (ascending), then by file name, give the rows in key order
+    (`annee` never decreases along `keys`: it is their first key, or a function of the
+    first, as the year of a date). `cluster` says how: empty for a small table (at most
+    ~100k rows), written by one task as one sorted file per year; else the leading keys
+    a big table is range-partitioned on (one task per key range, files in range order),
+    each task sorting its rows by `keys`.
     """
 
     name: str
@@ -29,11 +37,25 @@ class GoldTable:
     sources: tuple[str, ...]
     keys: tuple[str, ...]
     columns: tuple[str, ...]
+    cluster: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         missing = [key for key in (*self.keys, PARTITION) if key not in self.columns]
         if missing:
             raise ValueError(f"gold table {self.name}: keys {missing} are not columns")
+        leading = self.cluster == self.keys[: len(self.cluster)]
+        if self.cluster and (not leading or self.cluster[0] != PARTITION):
+            raise ValueError(
+                f"gold table {self.name}: cluster {list(self.cluster)} must be leading keys, "
+                f"{PARTITION} first"
+            )
+
+    @property
+    def write_order(self) -> tuple[str, ...]:
+        """How a write task sorts its rows: `annee` (the Parquet partition) first, then
+        `keys`; the same order as `keys` alone (`annee` never decreases along them), which
+        also satisfies the sort on `annee` Spark's partitioned write asks for."""
+        return self.keys if self.keys[0] == PARTITION else (PARTITION, *self.keys)
 
 
 TABLES: dict[str, GoldTable] = {
@@ -44,6 +66,7 @@ TABLES: dict[str, GoldTable] = {
             "year x address (Enedis residential)",
             ("adresse",),
             keys=("annee", "code_commune", "adresse", "code_iris"),
+            cluster=("annee", "code_commune"),
             columns=(
                 "annee",
                 "adresse",
@@ -62,6 +85,7 @@ TABLES: dict[str, GoldTable] = {
             "year x commune x filière x grand secteur (ORE commune)",
             ("commune",),
             keys=("annee", "code_commune", "filiere", "code_grand_secteur"),
+            cluster=("annee", "code_commune"),
             columns=(
                 "annee",
                 "code_commune",

@@ -113,8 +113,8 @@ def job_result(folder: str) -> str:
 
 
 def staged_csv(table_folder: str) -> str:
-    """The folder of the CSV part the job writes beside a table's Parquet folder."""
-    return f"{table_folder}.csv.d"
+    """The CSV the flow writes beside a staged table's Parquet folder (flows.gold.csv_export)."""
+    return f"{table_folder}.csv"
 
 
 def gold_table(table: str) -> str:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -31,7 +31,7 @@ from typing import Any
 from flows.crashpoints import crashpoint
 from flows.errors import PipelineError
 from flows.lake import layout
-from flows.lake.fs import RETIRED_GRACE_S, Lake
+from flows.lake.fs import RETIRED_GRACE_S, Copied, Lake
 from flows.lake.layout import PUBLISH_POINTER, VERSIONS, version_folder
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class PublishManifest:
     tables: dict[str, PublishedTable]  # the tables this publish rebuilt
     skipped: list[str] = field(default_factory=list)  # none of their sources is loaded
     checks: list[ConsistencyCheck] = field(default_factory=list)
+    copied: Copied = field(default_factory=Copied)  # what the plain views cost (S3 copies)
 
     @property
     def warnings(self) -> list[ConsistencyCheck]:
@@ -128,6 +129,7 @@ class PublishManifest:
             },
             skipped=list(document.get("skipped", [])),
             checks=[ConsistencyCheck.from_dict(c) for c in document.get("checks", [])],
+            copied=Copied(**document.get("copied", {})),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,16 +142,19 @@ class PublishManifest:
             "tables": {t: {"rows": f.rows, "files": f.files} for t, f in self.tables.items()},
             "skipped": self.skipped,
             "checks": [c.to_dict() for c in self.checks],
+            "copied": {"objects": self.copied.objects, "bytes": self.copied.bytes},
         }
 
 
 def publish_tables(
-    lake: Lake, run_id: str, staging: str, result: dict[str, Any]
+    lake: Lake, run_id: str, staging: str, result: dict[str, Any], *, views: bool = True
 ) -> PublishManifest:
     """Commit every table the job staged in one step, then refresh the plain views.
 
     `result` is the Spark job's `_result.json`: rows per staged table, skipped tables, years
-    and consistency checks.
+    and consistency checks. Each staged table has its CSV beside its folder (the flow wrote
+    it from the job's files). `views=False` publishes by pointer alone: nothing is copied,
+    and the plain views are removed rather than left one publish behind.
     """
     now = datetime.now(UTC).isoformat()
     previous = lake.read_json(PUBLISH_POINTER) or {}
@@ -161,16 +166,15 @@ def publish_tables(
         if not files and rows:
             raise PublishError(f"staged table {table} has {rows} rows but no Parquet file",
                                url=lake.path(staged))  # fmt: skip
-        csv = lake.files_below(layout.staged_csv(staged), ".csv")
-        if len(csv) != 1:
-            raise PublishError(f"staged table {table} has {len(csv)} CSV parts, expected one",
-                               url=lake.path(layout.staged_csv(staged)))  # fmt: skip
+        csv = layout.staged_csv(staged)
+        if not lake.fs.exists(lake.path(csv)):
+            raise PublishError(f"staged table {table} has no CSV", url=lake.path(csv))
         tables[table] = {
             "run_id": run_id,
             "rows": rows,
             "folder": staged,
             "files": files,
-            "csv": f"{layout.staged_csv(staged)}/{csv[0]}",
+            "csv": csv,
         }
         published[table] = PublishedTable(rows=rows, files=len(files))
     manifest = PublishManifest(
@@ -191,12 +195,14 @@ def publish_tables(
     for entry in previous.get("tables", {}).values():
         if _version_of(entry) not in referenced:
             retired.setdefault(_version_of(entry), now)
-    pointer = {**manifest.to_dict(), "tables": tables, "retired": retired}
+    committed = {k: v for k, v in manifest.to_dict().items() if k != "copied"}
+    pointer = {**committed, "tables": tables, "retired": retired, "views": views}
     lake.check_lease()
     lake.write_json(PUBLISH_POINTER, pointer)  # the commit
     crashpoint("publish-committed")
+    refreshed = refresh_plain_views(lake, pointer)
+    manifest = replace(manifest, copied=refreshed.copied)
     lake.write_json(layout.publish_manifest(run_id), manifest.to_dict())
-    refresh_plain_views(lake, pointer)
     collect_versions(lake, pointer, keep=run_id)
     crashpoint("published")
     return manifest
@@ -221,20 +227,38 @@ def table_files(lake: Lake, table: str) -> tuple[str, list[str]]:
     return folder, lake.current_files(folder)
 
 
-def refresh_plain_views(lake: Lake, pointer: dict[str, Any]) -> list[str]:
-    """Bring `gold/<table>/` and `gold/<table>.csv` to the versions the pointer names."""
-    refreshed = []
+@dataclass(frozen=True)
+class Refreshed:
+    """What bringing the plain views up to date did."""
+
+    tables: list[str] = field(default_factory=list)
+    copied: Copied = field(default_factory=Copied)
+
+
+def refresh_plain_views(lake: Lake, pointer: dict[str, Any]) -> Refreshed:
+    """Bring `gold/<table>/` and `gold/<table>.csv` to the versions the pointer names (or
+    remove them, for a publish by pointer alone)."""
+    refreshed: list[str] = []
+    copied = Copied()
     for table, entry in pointer.get("tables", {}).items():
-        current = lake.read_json(layout.gold_pointer(table)) or {}
+        current = lake.read_json(layout.gold_pointer(table))
+        if not pointer.get("views", True):
+            if current is not None or lake.fs.exists(lake.path(layout.gold_csv(table))):
+                lake.remove(layout.gold_pointer(table))  # first: a reader stops following it
+                lake.remove(layout.gold_table(table))
+                lake.remove(layout.gold_csv(table))
+                refreshed.append(table)
+            continue
+        current = current or {}
         if current.get("run_id") == entry["run_id"] and current.get("files") == entry["files"]:
             continue
-        _materialise(lake, pointer["run_id"], table, entry)
+        copied += _materialise(lake, pointer["run_id"], table, entry)
         refreshed.append(table)
         crashpoint("view-refreshed")
-    return refreshed
+    return Refreshed(refreshed, copied)
 
 
-def _materialise(lake: Lake, publish_id: str, table: str, entry: dict[str, Any]) -> None:
+def _materialise(lake: Lake, publish_id: str, table: str, entry: dict[str, Any]) -> Copied:
     view = {
         "run_id": entry["run_id"],
         "publish": publish_id,
@@ -244,31 +268,34 @@ def _materialise(lake: Lake, publish_id: str, table: str, entry: dict[str, Any])
         "published_at": datetime.now(UTC).isoformat(),
     }
     csv_target = layout.gold_csv(table)
-    if lake.is_local:
+    if lake.is_local:  # hard links: no byte copied
         staged = layout.gold_staging(f"{publish_id}-{table}")
         lake.remove(staged)
+        copied = Copied()
         for name in entry["files"]:
-            _link(lake.path(f"{entry['folder']}/{name}"), lake.path(f"{staged}/{name}"))
+            copied += _link(lake.path(f"{entry['folder']}/{name}"), lake.path(f"{staged}/{name}"))
         lake.commit_folder(staged, layout.gold_table(table), view)
         csv_staged = layout.gold_staging(f"{publish_id}-{table}.csv")
-        _link(lake.path(entry["csv"]), lake.path(csv_staged))
+        copied += _link(lake.path(entry["csv"]), lake.path(csv_staged))
         lake.replace_file(csv_staged, csv_target)
-        return
-    lake.commit_folder(entry["folder"], layout.gold_table(table), view, keep_staged=True)
-    lake.fs.copy(lake.path(entry["csv"]), lake.path(csv_target))
+        return copied
+    copied = lake.commit_folder(entry["folder"], layout.gold_table(table), view, keep_staged=True)
+    return copied + lake.copy_files([entry["csv"]], [csv_target])
 
 
-def _link(source: str, target: str) -> None:
+def _link(source: str, target: str) -> Copied:
     """A hard link (no byte copied); a copy where the filesystem has none."""
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(target)
     try:
         os.link(source, target)
+        return Copied()
     except OSError:
         import shutil
 
         shutil.copyfile(source, target)
+        return Copied(1, os.path.getsize(target))
 
 
 def collect_versions(lake: Lake, pointer: dict[str, Any] | None, keep: str = "") -> list[str]:
@@ -295,10 +322,10 @@ def recover(lake: Lake) -> dict[str, Any]:
     pointer = published(lake)
     refreshed: list[str] = []
     if pointer is not None:
-        refreshed = refresh_plain_views(lake, pointer)
+        refreshed = refresh_plain_views(lake, pointer).tables
         path = layout.publish_manifest(pointer["run_id"])
         if lake.read_json(path) is None:
-            manifest = {k: v for k, v in pointer.items() if k != "retired"}
+            manifest = {k: v for k, v in pointer.items() if k not in ("retired", "views")}
             manifest["tables"] = {t: {"rows": e["rows"], "files": len(e["files"])}
                                   for t, e in pointer["tables"].items()
                                   if e["run_id"] == pointer["run_id"]}  # fmt: skip

@@ -33,7 +33,9 @@ def gold_version(lake: Lake, table: str) -> tuple[str, list[str]]:
 
 
 def gold_files(lake: Lake, table: str) -> dict[int, list[str]]:
-    """The published version's Parquet files of a gold table by year, lake-relative."""
+    """The published version's Parquet files of a gold table by year (ascending),
+    lake-relative, each year's in name order: the order that gives a table's rows in key
+    order (`flows.gold.tables.GoldTable`)."""
     folder, names = gold_version(lake, table)
     by_year: dict[int, list[str]] = defaultdict(list)
     for name in names:
@@ -71,6 +73,30 @@ def read_files(lake: Lake, files: list[str], columns: list[str]) -> pa.Table:
         with lake.fs.open(lake.path(path), "rb") as handle:
             parts.append(pq.read_table(handle, columns=columns))
     return pa.concat_tables(parts)
+
+
+def read_batches(
+    lake: Lake,
+    files: list[str],
+    columns: list[str],
+    batch_rows: int,
+    dictionary: list[str] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Some columns of lake-relative Parquet files as record batches of at most `batch_rows`
+    rows, streamed file after file in the order given, each file's rows in their stored order.
+
+    Memory stays about one row group's pages and one batch, whatever the files' size. With
+    the order of `gold_files` (year, then file name), a gold table whose job wrote its files
+    in key order comes out in key order. The `dictionary` columns are read dictionary-encoded
+    (quicker for repetitive text). One thread: a batch is little work, and every thread's
+    allocator heap would keep its own pages.
+    """
+    for path in files:
+        with lake.fs.open(lake.path(path), "rb") as handle:
+            parquet = pq.ParquetFile(handle, read_dictionary=dictionary)
+            yield from parquet.iter_batches(
+                batch_size=batch_rows, columns=columns, use_threads=False
+            )
 
 
 # --- raw zone -------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def _stage(lake: Lake, number: int) -> tuple[str, str]:
         pq.write_table(pa.table({"publish": [number] * 3, "row": [1, 2, 3]}), buffer)
         _put(lake, f"{folder}/{table}/annee=2023/part-0.parquet", buffer.getvalue())
         csv = "publish,row\n" + "".join(f"{number},{r}\n" for r in (1, 2, 3))
-        _put(lake, f"{folder}/{table}.csv.d/part-0.csv", csv.encode())
+        _put(lake, f"{folder}/{table}.csv", csv.encode())
     return run_id, folder
 
 

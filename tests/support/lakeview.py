@@ -51,6 +51,8 @@ def download_bucket(endpoint: str, bucket: str, target: Path) -> Path:
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for item in page.get("Contents", []):
+            if item["Key"].endswith("/"):  # a directory marker (S3A writes some): no file
+                continue
             local = target / item["Key"]
             local.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, item["Key"], str(local))

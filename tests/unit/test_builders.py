@@ -6,32 +6,17 @@ local Spark session (no lake, no spark-submit, no Prefect).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from flows.gold.tables import TABLES
+from tests.support.sparkjob import load_job
 
-JOB = Path(__file__).resolve().parents[2] / "spark" / "aggregate.py"
-
-
-def _load_job() -> ModuleType:
-    """spark/aggregate.py as a module (spark/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("gold_job", JOB)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-job = _load_job()
+job = load_job()
 
 ORE_COMMUNE = (
     "annee int, code_commune string, nom_commune string, code_departement string, "
@@ -204,6 +189,20 @@ def test_address_parts_are_trimmed_and_joined_by_single_spaces(spark: SparkSessi
         "conso_moyenne_mwh": 2.5,
     }  # fmt: skip
     assert found["3 B AV FOCH"]["conso_moyenne_mwh"] is None  # no dwellings, no mean
+
+
+def test_whitespace_runs_are_squeezed_exactly_as_the_regex_does(spark: SparkSession) -> None:
+    texts = ["", " ", "A", "A B", "A  B", " A  B ", "A\tB", "A\t B", "A\nB", "A\x0bB", "A\fB",
+             "A\rB", "A\r\nB", "A\u00a0B", "A\u2003B", "É\t\tÈ", "  ", "\t", None]  # fmt: skip
+    frame = spark.createDataFrame([(text,) for text in texts], "text string")
+
+    found = frame.select(
+        job._squeezed(F.col("text")).alias("squeezed"),
+        F.regexp_replace("text", r"\s+", " ").alias("regex"),
+    ).collect()
+
+    assert [row["squeezed"] for row in found] == [row["regex"] for row in found]
+    assert found[4]["squeezed"] == "A B" and found[13]["squeezed"] == "A\u00a0B"
 
 
 # --- ODRE annual: GWh to MWh -----------------------------------------------------------------

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from flows.gold.tables import GOLD_TABLES, TABLES
+import pytest
+
+from flows.gold.tables import GOLD_TABLES, PARTITION, TABLES, GoldTable
 
 CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "CONTRACT.md"
 # | `conso_adresse` | year x address (Enedis) | `annee, adresse, code_iris, ...` |
@@ -43,3 +45,30 @@ def test_keys_are_columns_and_every_table_is_partitioned_by_year() -> None:
     for name, table in TABLES.items():
         assert table.keys and set(table.keys) <= set(table.columns), name
         assert "annee" in table.columns and table.sources, name
+
+
+def test_big_tables_cluster_on_their_leading_keys_and_every_order_starts_with_the_year() -> None:
+    assert {name for name, table in TABLES.items() if table.cluster} == {
+        "conso_adresse",
+        "conso_commune",
+    }
+    for name, table in TABLES.items():
+        assert table.cluster == table.keys[: len(table.cluster)], name
+        # the Parquet folders are years: the order within a write task starts with it
+        assert table.write_order[0] == PARTITION, name
+        assert [k for k in table.write_order if k != PARTITION] == [
+            k for k in table.keys if k != PARTITION
+        ], name
+    assert TABLES["conso_journaliere"].write_order == ("annee", "date", "code_region")
+
+
+def test_a_cluster_must_be_leading_keys_from_the_year() -> None:
+    def table(keys: tuple[str, ...], cluster: tuple[str, ...]) -> GoldTable:
+        return GoldTable("t", "g", ("adresse",), keys, ("annee", "code", "name"), cluster)
+
+    with pytest.raises(ValueError, match="cluster"):
+        table(("annee", "code", "name"), ("code",))
+    with pytest.raises(ValueError, match="cluster"):
+        table(("annee", "code", "name"), ("annee", "name"))
+    assert table(("annee", "code"), ("annee",)).cluster == ("annee",)
+    assert table(("annee", "code"), ()).write_order == ("annee", "code")

@@ -612,15 +612,22 @@
     }
     const annee = state.annee;
     const commune = state.commune;
-    const path = `adresses/${annee}/${commune}`;
-    request(path, () => state.annee === annee && state.commune === commune, (addresses) => {
-      if (!addresses) {
+    // a file of the département's communes (doc.parties says which): {commune: [adresses,
+    // IRIS, logements, totaux]}
+    const path = `adresses/${annee}/${state.departement}/${doc.parties[commune]}`;
+    request(path, () => state.annee === annee && state.commune === commune, (file) => {
+      const columns = file && file[commune];
+      if (!columns) {
         empty(body, "Adresses introuvables");
         return;
       }
-      const rows = addresses.map(([adresse, iris, dwellings, total], i) => ({
+      const [addresses, irises, dwellings, totals] = columns;
+      const rows = addresses.map((adresse, i) => ({
         key: String(i),
-        values: { adresse, code_iris: iris, nombre_de_logements: dwellings, conso_totale_mwh: total, conso_moyenne_mwh: mean(total, dwellings) },
+        values: {
+          adresse, code_iris: irises[i], nombre_de_logements: dwellings[i], conso_totale_mwh: totals[i],
+          conso_moyenne_mwh: mean(totals[i], dwellings[i]),
+        },
       }));
       const title = h("p", { class: "note", id: "adresses-commune", "data-code": commune },
         `${doc.names[commune] || commune} (${commune}), ${annee}`);
