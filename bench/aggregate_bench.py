@@ -208,29 +208,41 @@ def _seconds(figures: dict[str, Any]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def timing_calls(times: dict[str, float], names: tuple[str, ...]) -> Iterator[None]:
-    """Seconds spent in some functions of the aggregate module while in the block."""
+def watching_calls(
+    names: tuple[str, ...], record: Callable[[str, float, float], None]
+) -> Iterator[None]:
+    """While in the block, every call of these functions of the aggregate module (those it
+    has) is reported to `record(name, started, ended)` (time.monotonic)."""
     originals = {name: getattr(aggregate_module, name, None) for name in names}
 
-    def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    def watched(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            started = time.monotonic()
             try:
                 return function(*args, **kwargs)
             finally:
-                times[name] = times.get(name, 0.0) + time.perf_counter() - started
+                record(name, started, time.monotonic())
 
         return call
 
     for name, function in originals.items():
         if function is not None:
-            setattr(aggregate_module, name, timed(name, function))
+            setattr(aggregate_module, name, watched(name, function))
     try:
         yield
     finally:
         for name, function in originals.items():
             if function is not None:
                 setattr(aggregate_module, name, function)
+
+
+def timing_calls(times: dict[str, float], names: tuple[str, ...]) -> Any:
+    """Seconds spent in some functions of the aggregate module while in the block."""
+
+    def add(name: str, started: float, ended: float) -> None:
+        times[name] = times.get(name, 0.0) + ended - started
+
+    return watching_calls(names, add)
 
 
 def spark_run(lake: Path, master: str, label: str, verbose: bool) -> EngineRun:

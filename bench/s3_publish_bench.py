@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -119,29 +119,14 @@ class Phases:
     def __init__(self) -> None:
         self.times: dict[str, tuple[float, float]] = {}
 
-    @contextlib.contextmanager
-    def watching(self) -> Iterator[None]:
-        originals = {name: getattr(aggregate_module, name, None) for name in self.WATCHED}
+    def watching(self) -> contextlib.AbstractContextManager[None]:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from aggregate_bench import watching_calls  # bench/ is no package
 
-        def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
-            def call(*args: Any, **kwargs: Any) -> Any:
-                started = time.monotonic()
-                try:
-                    return function(*args, **kwargs)
-                finally:
-                    self.times[name] = (started, time.monotonic())
+        def record(name: str, started: float, ended: float) -> None:
+            self.times[name] = (started, ended)
 
-            return call
-
-        for name, function in originals.items():
-            if function is not None:
-                setattr(aggregate_module, name, timed(name, function))
-        try:
-            yield
-        finally:
-            for name, function in originals.items():
-                if function is not None:
-                    setattr(aggregate_module, name, function)
+        return watching_calls(self.WATCHED, record)
 
     def job(self, requests: list[Request]) -> tuple[float, float]:
         """The job's start and end; without the wrapper, its first and last S3A request."""
