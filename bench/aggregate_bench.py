@@ -51,7 +51,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the ingest's per-ta
 import flows.gold.aggregate as aggregate_module  # noqa: E402
 from emulator import PortalEmulator  # noqa: E402
 from flows.flow import ingest  # noqa: E402
-from flows.gold.spark_submit import run_spark_submit, spark_conf  # noqa: E402
+from flows.gold.spark_submit import class_archive_dir, run_spark_submit, spark_conf  # noqa: E402
 from flows.gold.tables import GOLD_TABLES, TABLES  # noqa: E402
 from flows.lake import layout  # noqa: E402
 from flows.lake.fs import Lake  # noqa: E402
@@ -170,6 +170,7 @@ def jvm_startup_seconds(timeout_s: float = 120.0) -> float:
             env={},
             timeout_s=timeout_s,
             on_line=lambda _line: None,
+            class_archive=class_archive_dir(Settings().spark_class_archive_dir),  # as a run does
         )
         return time.monotonic() - started
     finally:

@@ -167,6 +167,11 @@ class Settings(BaseSettings):
         description="Folder of the S3A jars (scripts/fetch-spark-jars.sh); empty means "
         "~/.cache/energy-pipeline/jars",
     )
+    spark_class_archive_dir: str | None = Field(
+        None,
+        description="Folder of the Spark driver's class archive (AppCDS: about 3 s off every "
+        "spark-submit); unset means ~/.cache/energy-pipeline/jvm-classes, 'off' turns it off",
+    )
     s3_region: str | None = Field(
         None,
         validation_alias=AliasChoices(

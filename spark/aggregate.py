@@ -37,7 +37,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from functools import reduce
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial, reduce
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -54,6 +55,7 @@ ELECTRICITY_STEP_H = 0.5
 GAS_STEP_H = 1.0
 ADDRESS_PARTS = ("numero_de_voie", "indice_de_repetition", "type_de_voie", "libelle_de_voie")
 EXAMPLES = 20  # problem rows a consistency check reports
+CONCURRENT_JOBS = 4  # tables (then checks) built at once: see `concurrently`
 EXECUTOR_WAIT_S = 30.0  # on a cluster, for the first executor before sizing the shuffles
 
 
@@ -437,9 +439,15 @@ def _rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     ]
 
 
-def _check(name: str, problems: DataFrame | None, summary: str, **figures: Any) -> dict[str, Any]:
-    """One check: its first problem rows in one Spark job, counted by another only when there
-    are more than it reports."""
+def _check(name: str, problems: DataFrame | None, summary: str,
+           **figures: Any) -> Callable[[], dict[str, Any]]:  # fmt: skip
+    """One check, to run: its first problem rows in one Spark job, counted by another only
+    when there are more than it reports."""
+    return partial(_run_check, name, problems, summary, **figures)
+
+
+def _run_check(name: str, problems: DataFrame | None, summary: str,
+               **figures: Any) -> dict[str, Any]:  # fmt: skip
     if problems is None:
         return {"name": name, "status": "skipped", "summary": summary}
     first = problems.limit(EXAMPLES + 1).collect()
@@ -459,14 +467,15 @@ def _off(ratio: str, tolerance: float) -> Column:
     return F.abs(F.col(ratio) - 1) > tolerance
 
 
-def consistency_checks(tables: dict[str, DataFrame]) -> list[dict[str, Any]]:
-    """Cross-table checks that warn with figures; they never fail the job."""
+def consistency_checks(spark: SparkSession, tables: dict[str, DataFrame]) -> list[dict[str, Any]]:
+    """Cross-table checks that warn with figures; they never fail the job. Run concurrently,
+    reported in their order."""
     commune = tables.get("conso_commune")
     departement = tables.get("conso_departement")
     region = tables.get("conso_region")
     nationale = tables.get("conso_nationale")
     journaliere = tables.get("conso_journaliere")
-    checks = []
+    checks: list[Callable[[], dict[str, Any]]] = []
 
     communes_over = None
     if commune is not None and departement is not None:
@@ -563,7 +572,34 @@ def consistency_checks(tables: dict[str, DataFrame]) -> list[dict[str, Any]]:
             "each local day has 46, 48 or 50 electricity half-hours (DST days 46 and 50)",
         )
     )
-    return checks
+    done = concurrently(spark, {str(number): check for number, check in enumerate(checks)})
+    return [result for result, _ in done.values()]
+
+
+def concurrently(spark: SparkSession, work: dict[str, Callable[[], Any]],
+                 threads: int = CONCURRENT_JOBS) -> dict[str, tuple[Any, float]]:  # fmt: skip
+    """Run each named piece of Spark work in its own thread, so that the cores one job
+    leaves idle (its last tasks, a one-task table) run the others' tasks; returns each
+    result with its seconds, in `work`'s order. The first failure cancels the others' jobs
+    and is raised."""
+    results: dict[str, tuple[Any, float]] = {}
+
+    def timed(name: str) -> tuple[Any, float]:
+        started = time.perf_counter()
+        value = work[name]()
+        return value, round(time.perf_counter() - started, 2)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(work))))
+    try:
+        futures = {name: pool.submit(timed, name) for name in work}
+        for name, future in futures.items():
+            results[name] = future.result()
+    except BaseException:
+        spark.sparkContext.cancelAllJobs()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
 
 
 def read_staged(spark: SparkSession, target: str, schema: T.StructType) -> DataFrame:
@@ -592,10 +628,9 @@ def run(spark: SparkSession, lake: str, staging: str, years: Sequence[int] | Non
     uses = Counter(dataset for name in tables for dataset in TABLES[name].sources)
     sources: dict[str, DataFrame | None] = {}
     cached: list[DataFrame] = []
-    staged: dict[str, DataFrame] = {}
-    counts: dict[str, int] = {}
     skipped: list[str] = []
-    timings: dict[str, dict[str, float]] = {}
+    schemas: dict[str, T.StructType] = {}
+    writes: dict[str, Callable[[], int]] = {}
     for name in tables:
         table = TABLES[name]
         for dataset in table.sources:
@@ -611,16 +646,23 @@ def run(spark: SparkSession, lake: str, staging: str, years: Sequence[int] | Non
             continue
         built = check_columns(table, BUILDERS[name](*frames))
         published = files.published(name) if chosen is not None else None
-        target = files.uri(f"{staging}/{name}")
-        started = time.perf_counter()
-        counts[name] = write_table(laid_out(table, built, published, chosen), target)
-        timings[name] = {"parquet_s": round(time.perf_counter() - started, 2)}
-        staged[name] = read_staged(spark, target, built.schema)
+        frame = laid_out(table, built, published, chosen)
+        schemas[name] = built.schema
+        writes[name] = partial(write_table, frame, files.uri(f"{staging}/{name}"))
+    written = concurrently(spark, writes)  # in `tables` order, the biggest first
+    counts = {name: rows for name, (rows, _) in written.items()}
+    timings: dict[str, dict[str, float]] = {
+        name: {"parquet_s": seconds} for name, (_, seconds) in written.items()
+    }
+    for name in written:
         print(f"energy-pipeline: staged {name}: {counts[name]} rows {timings[name]}", flush=True)
     for source in cached:
         source.unpersist()
+    staged = {
+        name: read_staged(spark, files.uri(f"{staging}/{name}"), schemas[name]) for name in written
+    }
     started = time.perf_counter()
-    checks = consistency_checks(staged)
+    checks = consistency_checks(spark, staged)
     timings["checks"] = {"seconds": round(time.perf_counter() - started, 2)}
     print(f"energy-pipeline: consistency checks {timings['checks']}", flush=True)
     result = {

@@ -10,7 +10,7 @@ from typing import Any
 
 from flows.crashpoints import crashpoint
 from flows.gold.csv_export import CsvReport, write_csv
-from flows.gold.spark_submit import run_spark_submit, spark_conf
+from flows.gold.spark_submit import class_archive_dir, run_spark_submit, spark_conf
 from flows.gold.tables import GOLD_TABLES, TABLES
 from flows.lake import layout, storage
 from flows.lake.fs import Lake, lake_error
@@ -80,6 +80,7 @@ def run_aggregate(
             timeout_s=settings.spark_timeout_s,
             on_line=on_line,
             py_modules=JOB_MODULES,
+            class_archive=class_archive_dir(settings.spark_class_archive_dir),
         )
         result = lake.read_json(layout.job_result(staging))
         if result is None:

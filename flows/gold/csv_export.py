@@ -18,8 +18,11 @@ value (nothing) differ.
 from __future__ import annotations
 
 import io
+import os
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal
 
@@ -35,6 +38,8 @@ from flows.lake import layout
 from flows.lake.fs import Lake
 
 BATCH_ROWS = 64_000
+RENDER_THREADS = min(4, os.cpu_count() or 1)  # pyarrow and NumPy release the GIL
+AHEAD = 2 * RENDER_THREADS  # batches in flight: memory stays bounded
 DECIMALS = 6
 DECIMAL = pa.decimal128(38, DECIMALS)
 _QUANTUM = Decimal(1).scaleb(-DECIMALS)
@@ -140,41 +145,55 @@ def _order_breaks(previous: pa.RecordBatch | None, batch: pa.RecordBatch,
     return int(broken[0]) + 1 - offset
 
 
+def _rendered(previous: pa.RecordBatch | None, batch: pa.RecordBatch,
+              table: GoldTable) -> tuple[int | None, bytes]:  # fmt: skip
+    """A batch's CSV lines, or where it breaks the key order (index in the batch)."""
+    broken = _order_breaks(previous, batch, table.keys)
+    if broken is not None:
+        return broken, b""
+    buffer = io.BytesIO()
+    pacsv.write_csv(_printable(batch), buffer, pacsv.WriteOptions(include_header=False))
+    return None, buffer.getvalue()
+
+
 def write_csv(lake: Lake, folder: str, table: GoldTable, target: str,
               expected_rows: int | None = None) -> CsvReport:  # fmt: skip
-    """Stream a staged table's Parquet files into one CSV at `target` (lake-relative)."""
+    """Stream a staged table's Parquet files into one CSV at `target` (lake-relative).
+
+    The batches are read in file order by this thread and rendered (order check, decimals,
+    CSV) by `RENDER_THREADS` others, at most `AHEAD` batches in flight; their lines are
+    written in the order they were read."""
     started = time.perf_counter()
     rows = 0
-    previous: pa.RecordBatch | None = None
     header = (",".join(table.columns) + "\n").encode()
     path = lake.path(target)
     if lake.is_local:
         lake.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with lake.fs.open(path, "wb") as out:
+    pending: deque[tuple[str, int, Future[tuple[int | None, bytes]]]] = deque()
+
+    def write_next() -> int:
+        name, first_row, future = pending.popleft()
+        broken, lines = future.result()
+        if broken is not None:
+            raise CsvError(f"gold table {table.name}: row {first_row + broken + 1} of the staged "
+                           f"files is not after the row before it in key order "
+                           f"{list(table.keys)} (file {name})",
+                           url=lake.path(folder))  # fmt: skip
+        out.write(lines)
+        return len(lines)
+
+    with ThreadPoolExecutor(RENDER_THREADS) as pool, lake.fs.open(path, "wb") as out:
         out.write(header)
         written = len(header)
-        writer: pacsv.CSVWriter | None = None
-        buffer = io.BytesIO()
+        previous: pa.RecordBatch | None = None
         for name, batch in _batches(lake, folder, table):
-            broken = _order_breaks(previous, batch, table.keys)
-            if broken is not None:
-                raise CsvError(f"gold table {table.name}: row {rows + broken + 1} of the staged "
-                               f"files is not after the row before it in key order "
-                               f"{list(table.keys)} (file {name})",
-                               url=lake.path(folder))  # fmt: skip
-            printable = _printable(batch)
-            if writer is None:
-                options = pacsv.WriteOptions(include_header=False)
-                writer = pacsv.CSVWriter(buffer, printable.schema, write_options=options)
-            writer.write_batch(printable)
-            out.write(buffer.getvalue())
-            written += buffer.tell()
-            buffer.seek(0)
-            buffer.truncate()
+            pending.append((name, rows, pool.submit(_rendered, previous, batch, table)))
             rows += batch.num_rows
             previous = batch.slice(batch.num_rows - 1) if batch.num_rows else previous
-        if writer is not None:
-            writer.close()
+            while len(pending) > AHEAD:
+                written += write_next()
+        while pending:
+            written += write_next()
     if expected_rows is not None and rows != expected_rows:
         raise CsvError(f"gold table {table.name}: the job reported {expected_rows} rows, "
                        f"its files hold {rows}", url=lake.path(folder))  # fmt: skip

@@ -22,6 +22,7 @@ from flows.gold.aggregate import JOB_MODULES
 from flows.gold.spark_submit import (
     SparkJobFailed,
     build_command,
+    class_archive_dir,
     module_zip,
     run_spark_submit,
     spark_conf,
@@ -324,3 +325,43 @@ def test_s3a_round_trip_with_credentials_in_env_only(tmp_path: Path, s3_endpoint
     assert len(parts) == 1 and any(o["Key"].endswith("_SUCCESS") for o in listed)
     body = s3.get_object(Bucket=s3_bucket, Key=parts[0])["Body"].read()
     assert totals(pq.read_table(io.BytesIO(body))) == EXPECTED
+
+
+def test_driver_class_archive_made_once_then_mapped(tmp_path: Path) -> None:
+    """The first job dumps the driver's classes into the cache folder (kept only when the
+    job succeeds), the next ones load Spark's classes from it; an unusable archive is
+    ignored and the job still runs."""
+    archives = tmp_path / "jvm-classes"
+
+    def run(mode: str, name: str, extra: dict[str, str] | None = None) -> list[str]:
+        lines: list[str] = []
+        conf = {**spark_conf(str(tmp_path), None, "local[1]"), **(extra or {})}
+        folder = tmp_path / name
+        folder.mkdir()
+        source, target = to_spark_uri(str(write_input(folder))), to_spark_uri(str(folder / "out"))
+        run_spark_submit(
+            write_app(folder), [source, target, mode], master="local[1]", conf=conf, jars=[],
+            env={}, timeout_s=180, on_line=lines.append, class_archive=archives,
+        )  # fmt: skip
+        return lines
+
+    assert class_archive_dir("off") is None
+    assert class_archive_dir(None) == Path.home() / ".cache/energy-pipeline/jvm-classes"
+    with pytest.raises(SparkJobFailed):
+        run("fail", "failed")
+    assert list(archives.iterdir()) == []  # a failed job's dump is not kept
+    run("ok", "first")
+    made = list(archives.iterdir())
+    assert len(made) == 1 and made[0].suffix == ".jsa" and made[0].stat().st_size > 10_000_000
+    loads = tmp_path / "classes.log"
+    lines = run("ok", "second", {"spark.driver.extraJavaOptions":
+                                 f"-Xlog:class+load=info:file={loads}"})  # fmt: skip
+    assert "app: done" in lines
+    shared = [
+        line for line in loads.read_text().splitlines() if "org.apache.spark.SparkContext " in line
+    ]
+    assert shared and "shared objects file (top)" in shared[0], shared
+    assert list(archives.iterdir()) == made  # mapped, not made again
+    made[0].write_bytes(b"not an archive")  # a damaged archive: the JVM runs without it
+    assert "app: done" in run("ok", "third")
+    assert totals(pq.read_table(tmp_path / "third" / "out")) == EXPECTED

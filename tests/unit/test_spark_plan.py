@@ -411,15 +411,15 @@ def test_checks_report_twenty_examples_and_count_the_others(spark):
     few = spark.range(5).withColumnRenamed("id", "n")
     many = spark.range(57).withColumnRenamed("id", "n")
 
-    assert job._check("few", few, "s")["problems"] == 5
-    assert len(job._check("few", few, "s")["examples"]) == 5
-    check = job._check("many", many.orderBy("n"), "s", extra=1)
+    assert job._check("few", few, "s")()["problems"] == 5
+    assert len(job._check("few", few, "s")()["examples"]) == 5
+    check = job._check("many", many.orderBy("n"), "s", extra=1)()
     assert (check["status"], check["problems"], check["extra"]) == ("warning", 57, 1)
     assert check["examples"] == [{"n": n} for n in range(20)]
-    assert job._check("none", few.where("n < 0"), "s") == {
+    assert job._check("none", few.where("n < 0"), "s")() == {
         "name": "none", "status": "ok", "summary": "s", "problems": 0, "examples": []
     }  # fmt: skip
-    assert job._check("skipped", None, "s") == {"name": "skipped", "status": "skipped",
+    assert job._check("skipped", None, "s")() == {"name": "skipped", "status": "skipped",
                                                  "summary": "s"}  # fmt: skip
 
 
