@@ -228,6 +228,22 @@ class GoldLake:
             ],
         }
         self._json(layout.publish_manifest(self.run_id), manifest)
+        # The publish pointer, as a publish leaves it (here naming the plain views' files):
+        # what `energy-pipeline outputs` starts from.
+        pointer = {
+            **{k: manifest[k] for k in ("run_id", "lake", "published_at", "years")},
+            "tables": {
+                table: {
+                    "run_id": self.run_id,
+                    "rows": self.rows[table],
+                    "folder": layout.gold_table(table),
+                    "files": files,
+                }
+                for table, files in self.files.items()
+            },
+            "views": True,
+        }
+        self._json(layout.PUBLISH_POINTER, pointer)
         return manifest
 
     def raw_partitions(self, rows: dict[str, dict[int, int]], masked: dict[str, float]) -> None:
@@ -711,6 +727,22 @@ def hyper_step(lake_path: str) -> dict[str, Any]:
     }
 
 
+def command_step(lake_path: str) -> dict[str, Any]:
+    """`energy-pipeline outputs --lake PATH` as a user runs it (its own process: Prefect's
+    ephemeral API, the lake's lease, the dashboard and the extracts), timed from outside."""
+    command = [str(Path(sys.executable).parent / "energy-pipeline"), "outputs", "--lake", lake_path]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr[-2000:]}")
+    return {
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(_peak_rss_mb(resource.RUSAGE_CHILDREN), 1),
+        "last_line": done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "",
+    }
+
+
 def browser_step(index: str, targets_json: str) -> dict[str, Any]:
     """The page from file:// in headless Chromium: load, the largest commune, the smallest
     commune of the largest address file, heap."""
@@ -815,7 +847,11 @@ def _mb(value: float) -> str:
 
 
 def report(
-    built: dict[str, Any], dash: dict[str, Any], hyper: dict[str, Any], page: dict[str, Any]
+    built: dict[str, Any],
+    dash: dict[str, Any],
+    hyper: dict[str, Any],
+    page: dict[str, Any],
+    command: dict[str, Any] | None = None,
 ) -> str:
     """The figures as a markdown table."""
     largest, densest = built["largest"], dash["densest"]
@@ -862,6 +898,16 @@ def report(
             f"{hyper['hyperd_peak_rss_mb']:,.0f} MB (hyperd)",
         ),
         (".hyper files", _mb(hyper["hyper_bytes"])),
+        *(
+            [
+                (
+                    "`energy-pipeline outputs` (own process: Prefect, lease, dashboard, extracts)",
+                    f"{command['seconds']:.1f} s, peak RSS {command['peak_rss_mb']:.0f} MB",
+                )
+            ]
+            if command
+            else []
+        ),
         ("browser: open index.html until charts drawn", f"{t['load']:.2f} s"),
         ("browser: choose region / département", f"{t['region']:.2f} s / {t['departement']:.2f} s"),
         (
@@ -903,6 +949,7 @@ def main() -> None:
             "dashboard": dashboard_step,
             "hyper": hyper_step,
             "browser": browser_step,
+            "command": command_step,
         }
         print(json.dumps(steps[mode](*args)))
         return
@@ -945,8 +992,12 @@ def main() -> None:
         print(f"charts drawn (marks per chart): {page['charts']}")
         print(f"addresses table: {page['addresses_shown']} (rows, rows shown)")
         print(f"smallest commune of the largest file: {page['dense_addresses_shown']} rows")
+        command = _child("command", str(lake))
+        print(f"energy-pipeline outputs (dashboard + extracts, own process): "
+              f"{command['seconds']:.1f} s, peak RSS {command['peak_rss_mb']:.0f} MB; "
+              f"{command['last_line']}", flush=True)  # fmt: skip
         print()
-        print(report(built, dash, hyper, page))
+        print(report(built, dash, hyper, page, command))
         result = {
             "scale": args.scale,
             "cores": os.cpu_count(),
@@ -954,6 +1005,7 @@ def main() -> None:
             "dashboard": dash,
             "hyper": hyper,
             "browser": page,
+            "command": command,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False))
