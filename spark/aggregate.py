@@ -37,7 +37,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from functools import partial, reduce
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -592,6 +592,11 @@ def concurrently(spark: SparkSession, work: dict[str, Callable[[], Any]],
     pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(work))))
     try:
         futures = {name: pool.submit(timed, name) for name in work}
+        finished, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
+        for future in finished:  # the first failure, whichever piece of work it is
+            failure = future.exception()
+            if failure is not None:
+                raise failure
         for name, future in futures.items():
             results[name] = future.result()
     except BaseException:

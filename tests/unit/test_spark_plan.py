@@ -16,6 +16,7 @@ import json
 import random
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -421,6 +422,31 @@ def test_checks_report_twenty_examples_and_count_the_others(spark):
     }  # fmt: skip
     assert job._check("skipped", None, "s")() == {"name": "skipped", "status": "skipped",
                                                  "summary": "s"}  # fmt: skip
+
+
+def test_concurrent_work_keeps_its_order_and_a_failure_cancels_the_rest(spark):
+    """Results come back in the work's order, whichever finishes first; the first failure is
+    raised and the other threads' Spark jobs are cancelled, not left to run."""
+
+    def slow(seconds: float) -> int:
+        rows = spark.sparkContext.parallelize([seconds], 1).map(lambda s: time.sleep(s) or 1)
+        return int(rows.sum())
+
+    started = time.monotonic()
+    done = job.concurrently(spark, {"late": lambda: slow(3) + 10, "early": lambda: 7})
+    assert list(done) == ["late", "early"]
+    assert [value for value, _ in done.values()] == [11, 7]
+    assert done["late"][1] >= 3 > done["early"][1]
+
+    def broken() -> int:
+        time.sleep(2)  # the slow job is running by now
+        raise RuntimeError("planned failure")
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="planned failure"):
+        job.concurrently(spark, {"slow": lambda: slow(120), "broken": broken})
+    assert time.monotonic() - started < 60  # cancelled: not its 120 s
+    assert spark.range(3).count() == 3  # the session is still usable
 
 
 def test_shuffle_partitions_follow_the_cluster_unless_set(spark):
