@@ -1,6 +1,6 @@
 """S3 publish benchmark: the objects and bytes one aggregate writes, copies and deletes on S3.
 
-Starts the S3 server the tests use (moto's, on loopback), builds a raw lake on it (the
+Starts the S3 server the tests use (SeaweedFS, on loopback), builds a raw lake on it (the
 emulator's datasets ingested by the flow; or, with --adresse-rows/--commune-rows, the scaled
 lake of bench/aggregate_bench.py built locally and uploaded), then runs the aggregate step
 (`run_aggregate` under the lake's lease, as the aggregate task does) `--runs` times with
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import sys
 import tempfile
@@ -58,18 +57,17 @@ MIB = 1024 * 1024
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's S3 server on a free loopback port, as the tests' `s3_endpoint` fixture."""
-    from moto.server import ThreadedMotoServer
+def s3_server() -> Iterator[str]:
+    """SeaweedFS on free loopback ports, as the tests' `s3_endpoint` fixture; its one identity
+    is the environment's AWS key (`testing` when none is set)."""
+    from tests.support.seaweedfs import SeaweedFS
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    identity = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+    with SeaweedFS([identity]) as server:
+        yield server.endpoint
 
 
 def emulator_settings(emulator: PortalEmulator, **values: Any) -> Settings:
@@ -262,7 +260,7 @@ def main() -> None:
     if not args.keep_grace:
         set_grace(0.0)
     lake = f"s3://{BUCKET}/lake"
-    with moto_server() as endpoint:
+    with s3_server() as endpoint:
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
             Bucket=BUCKET
         )

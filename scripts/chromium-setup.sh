@@ -6,20 +6,10 @@
 set -euo pipefail
 
 log() { echo "chromium-setup: $*" >&2; }
+source "$(dirname "$0")/lib.sh"
 
 if ! command -v chromium >/dev/null 2>&1; then
-    sudo=()
-    if [[ "$(id -u)" -ne 0 ]]; then
-        if ! command -v sudo >/dev/null 2>&1; then
-            log "error: chromium is missing and installing it needs root (or sudo)"
-            exit 1
-        fi
-        sudo=(sudo)
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    log "installing chromium fonts-dejavu-core"
-    "${sudo[@]}" apt-get update -q >&2
-    "${sudo[@]}" apt-get install -y -q chromium fonts-dejavu-core >&2
+    apt_install chromium fonts-dejavu-core
 fi
 
 # Debian's wrapper script may print shell noise on stderr; only its version line matters.

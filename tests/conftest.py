@@ -1,10 +1,14 @@
-"""Shared fixtures: the portal emulator, a moto S3 server, a Prefect test server, settings."""
+"""Shared fixtures: the portal emulator, a real S3 server (SeaweedFS; moto only where a test
+says why), a Prefect test server, settings."""
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 import pytest
@@ -18,6 +22,9 @@ from prefect.testing.utilities import prefect_test_harness
 
 from emulator import PortalEmulator
 from flows.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.support.seaweedfs import SeaweedFS
 
 pytest_plugins = ["tests.support.emulator_http"]  # the emulator tests' `emu` and `client` fixtures
 
@@ -89,14 +96,41 @@ def settings(emulator: PortalEmulator, tmp_path: Path) -> Settings:
     return fast_settings(emulator, str(tmp_path / "lake"))
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """A moto server speaking the real S3 protocol on a free loopback port."""
-    from moto.server import ThreadedMotoServer
-
+def _s3_environment() -> tuple[str, str]:
+    """The test credentials in the environment, where s3fs, boto3 and S3A find them."""
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    return os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[SeaweedFS]:
+    """A real S3 server, SeaweedFS (tests/support/seaweedfs.py), on free loopback ports, with
+    signature checks on: it knows the environment's key (`credentials[0]`, AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY, "testing" by default) and one random spare (`credentials[1]`) for
+    tests that hand a process credentials of their own. Built once by
+    scripts/seaweedfs-setup.sh (or $SEAWEEDFS_BIN); starts in about 15 s."""
+    from tests.support.seaweedfs import SeaweedFS
+
+    spare = ("SPARE" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
+    with SeaweedFS([_s3_environment(), spare]) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(seaweedfs: SeaweedFS) -> str:
+    """The S3 endpoint of the session's SeaweedFS server (http://127.0.0.1:PORT)."""
+    return seaweedfs.endpoint
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A moto server (the real S3 protocol, a mock behind it) on a free loopback port, for a
+    test that needs what SeaweedFS cannot do; such a test says which in its docstring."""
+    from moto.server import ThreadedMotoServer
+
+    _s3_environment()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -104,10 +138,17 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
+def bucket_name(test_name: str) -> str:
+    """A fresh, valid bucket name for a test: `lake-<test name>-<random>` (3-63 characters of
+    a-z, 0-9 and "-", ending with a letter or digit, as S3 and Java's URI parser want)."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", test_name.lower().replace("_", "-")).strip("-")
+    return f"lake-{slug[:44].rstrip('-')}-{secrets.token_hex(3)}"
+
+
 @pytest.fixture
 def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
-    """A fresh bucket on the moto server."""
-    name = ("lake-" + request.node.name.lower().replace("_", "-"))[:40].rstrip("-")
+    """A fresh bucket on the session's S3 server."""
+    name = bucket_name(request.node.name)
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return name
 

@@ -1,6 +1,7 @@
 """Concurrent runs on one lake: they take turns (the lake's lease), none fails with a race,
 and the lake ends as one clean run leaves it. Real CLI processes, the emulator over HTTP,
-a local lake and an S3 lake (moto's server on loopback), the session's Prefect server."""
+a local lake and an S3 lake (the tests' S3 server on loopback), and a Prefect server on
+PostgreSQL that every CLI process reports to at once (tests/support/postgres.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,7 +22,11 @@ from tests.support.clienv import cli_env
 from tests.support.lakestate import lake_state
 from tests.support.lakeview import download_bucket
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+if TYPE_CHECKING:
+    from tests.support.postgres import PostgresCluster
+
+pytest_plugins = ["tests.support.postgres"]  # `postgres`, `prefect_on_postgres`
+pytestmark = pytest.mark.usefixtures("prefect_on_postgres")
 
 DATASETS = "departement,nationale_annuelle"
 YEAR = 2023
@@ -112,15 +118,28 @@ def test_concurrent_ingests_on_an_s3_lake_take_turns(
 
 
 def test_two_whole_pipeline_runs_at_once_both_succeed(
-    portals: PortalEmulator, tmp_path: Path
+    portals: PortalEmulator, tmp_path: Path, postgres: PostgresCluster, prefect_on_postgres: dict
 ) -> None:
     lake = tmp_path / "lake"
+    since = _completed_runs(postgres, prefect_on_postgres["database"])
     results = _together("run", str(lake), _env(portals), 2)
     assert [code for code, _ in results] == [0, 0], [err[-1500:] for _, err in results]
+    # Both runs reported to the server: two more completed pipeline runs in PostgreSQL.
+    assert _completed_runs(postgres, prefect_on_postgres["database"]) == since + 2
     state = lake_state(lake)
     assert state["problems"] == []
     publishes = list((lake / "_manifests" / "publish").glob("*.json"))
     assert len(publishes) == 2 and state["gold"]
+
+
+def _completed_runs(postgres: PostgresCluster, database: str) -> int:
+    """Completed `energy_pipeline` flow runs (the parent flow) in the server's database."""
+    [row] = postgres.fetch(
+        database,
+        "SELECT count(*) AS n FROM flow_run r JOIN flow f ON f.id = r.flow_id"
+        " WHERE f.name = 'energy_pipeline' AND r.state_type = 'COMPLETED'",
+    )
+    return int(row["n"])
 
 
 def test_a_second_run_that_may_not_wait_fails_naming_the_holder(

@@ -1,7 +1,8 @@
 """The Docker work pool for real: `prefect deploy` builds the flow-run image from
 docker/Dockerfile through Podman's Docker-compatible socket, tags it with the git commit and
 pushes it to a local registry (CNCF Distribution); a Docker worker on that socket runs the
-deployment in a container that writes the gold tables to the moto S3 bucket.
+deployment in a container that writes the gold tables to the S3 bucket. The Prefect server
+keeps its state in PostgreSQL (tests/support/postgres.py), as a self-hosted one does.
 
 Podman, the socket, the registry binary and its insecure-registry entry come from
 scripts/podman-setup.sh (root, Debian bookworm); nothing here is mocked.
@@ -23,6 +24,8 @@ from tests.e2e.test_deployment_e2e import keys
 from tests.e2e.test_docker_image import BASE_IMAGE, HOST_CA, podman  # noqa: F401  (fixture)
 from tests.support.prefect_stack import ROOT, deployed_stack, prefect, wait_http
 from tests.support.spark_cluster import stop_process
+
+pytest_plugins = ["tests.support.postgres"]  # the session's PostgreSQL cluster: `postgres`
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e, pytest.mark.s3, pytest.mark.spark]
 
@@ -75,10 +78,13 @@ def _ca_bundle() -> str:
 
 
 @pytest.fixture(scope="module")
-def docker_stack(registry, emulator_session, s3_endpoint, tmp_path_factory) -> Iterator[dict]:
+def docker_stack(
+    registry, emulator_session, s3_endpoint, tmp_path_factory, postgres
+) -> Iterator[dict]:
     with deployed_stack(
         tmp_path_factory.mktemp("prefect-docker"), s3_endpoint, "docker-lake",
         "energy-pipeline-docker", "energy-pipeline-docker", "docker",
+        database_url=postgres.create_database("prefect_docker"),
         DOCKER_HOST=SOCKET,
         ENERGY_PIPELINE_IMAGE=f"{registry}/energy-pipeline",
         ENERGY_PIPELINE_BASE_IMAGE=BASE_IMAGE,
@@ -119,7 +125,7 @@ def test_deploy_builds_and_pushes_the_image_tagged_with_the_commit(docker_stack)
 def test_docker_deployment_run_completes_in_a_container(docker_stack, emulator_session):
     emulator_session.reset()
     env = docker_stack["env"]
-    # The container shares the host's network (loopback emulator, moto, Prefect API); the
+    # The container shares the host's network (loopback emulator, S3, Prefect API); the
     # portal URLs point at the emulator. Everything else comes from the blocks.
     job_env = {
         "ENERGY_PIPELINE_S3_BLOCK": "energy-pipeline-lake",

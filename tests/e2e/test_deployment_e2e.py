@@ -1,4 +1,6 @@
-"""A deployment run for real: Prefect server, bootstrap, `prefect deploy`, process worker, S3."""
+"""A deployment run for real: a Prefect server on PostgreSQL, bootstrap, `prefect deploy`, a
+process worker, an S3 bucket; the automations (failed run to Slack, lost heartbeats to
+Crashed) running on that server."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import boto3
 import httpx
@@ -17,6 +20,11 @@ import pytest
 from flows.outputs.report import CHECKS_KEY, DASHBOARD_KEY, GOLD_KEY, SUMMARY_KEY
 from tests.support.prefect_stack import ROOT, deployed_stack, prefect, worker
 
+if TYPE_CHECKING:
+    from tests.support.postgres import PostgresCluster
+
+pytest_plugins = ["tests.support.postgres"]  # the session's PostgreSQL cluster: `postgres`
+
 pytestmark = [pytest.mark.e2e, pytest.mark.s3, pytest.mark.spark]
 
 # Flow runs beat every 30 s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY in prefect.yaml, Prefect's
@@ -24,12 +32,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.s3, pytest.mark.spark]
 HEARTBEAT_GRACE_S = 45
 
 
+DATABASE = "prefect_e2e"
+
+
 @pytest.fixture(scope="module")
-def stack(emulator_session, s3_endpoint, tmp_path_factory) -> Iterator[dict]:
-    """Server + bootstrap (blocks on moto, Slack receiver) + deploy + process worker."""
+def stack(emulator_session, s3_endpoint, tmp_path_factory, postgres) -> Iterator[dict]:
+    """Server on PostgreSQL + bootstrap (blocks on the S3 server, Slack receiver) + deploy +
+    process worker."""
     with deployed_stack(
         tmp_path_factory.mktemp("prefect"), s3_endpoint, "deployed-lake",
         "energy-pipeline-local", "energy-pipeline-process", "process",
+        database_url=postgres.create_database(DATABASE),
         ENERGY_PIPELINE_PROJECT_DIR=str(ROOT),
         ENERGY_PIPELINE_SPARK_MASTER="local[2]",
         ENERGY_PIPELINE_HTTP_BACKOFF_BASE="0.05",
@@ -47,7 +60,33 @@ def keys(endpoint: str, bucket: str) -> list[str]:
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-def test_deployment_run_publishes_gold_tables_to_the_bucket(stack, emulator_session):
+def test_the_server_keeps_the_workspace_in_postgresql(stack, postgres: PostgresCluster):
+    """Prefect's migrations ran on the empty database, and what the bootstrap and `prefect
+    deploy` made (pool, blocks, limits, automations, deployment) are rows there."""
+    tables = postgres.tables(DATABASE)
+    for table in ("alembic_version", "flow_run", "task_run", "deployment", "work_pool",
+                  "block_document", "automation", "concurrency_limit_v2"):  # fmt: skip
+        assert table in tables, tables
+    [migration] = postgres.fetch(DATABASE, "SELECT version_num FROM alembic_version")
+    assert migration["version_num"]
+    pools = postgres.fetch(DATABASE, "SELECT name, type FROM work_pool ORDER BY name")
+    assert {"name": "energy-pipeline-process", "type": "process"} in pools, pools
+    [deployment] = postgres.fetch(DATABASE, "SELECT name FROM deployment")
+    assert deployment["name"] == "energy-pipeline-local"
+    blocks = {r["name"] for r in postgres.fetch(DATABASE, "SELECT name FROM block_document")}
+    assert {"energy-pipeline-lake", "energy-pipeline-slack"} <= blocks, blocks
+    automations = postgres.fetch(DATABASE, "SELECT name, enabled FROM automation")
+    assert len(automations) >= 2 and all(a["enabled"] for a in automations), automations
+    limits = {r["name"] for r in postgres.fetch(DATABASE, "SELECT name FROM concurrency_limit_v2")}
+    assert any(name.startswith("energy-pipeline-portal-") for name in limits), limits
+    # No secret in the clients' environment: the database URL went to the server alone.
+    assert stack["env"].get("PREFECT_API_DATABASE_CONNECTION_URL") is None
+    assert postgres.password not in json.dumps(stack["env"])
+
+
+def test_deployment_run_publishes_gold_tables_to_the_bucket(
+    stack, emulator_session, postgres: PostgresCluster
+):
     emulator_session.reset()
     params = json.dumps({"datasets": ["nationale_annuelle", "departement"], "years": [2023]})
 
@@ -76,6 +115,18 @@ def test_deployment_run_publishes_gold_tables_to_the_bucket(stack, emulator_sess
     assert "(s3://deployed-lake/lake/dashboard/index.html)" in artifacts[DASHBOARD_KEY]["data"]
     progress = [a for a in response.json() if a["type"] == "progress"]
     assert [float(a["data"]) for a in progress] == [100.0]
+    # The run's state, task runs and artifacts are rows in PostgreSQL.
+    run_id = _flow_run_id(run.stdout)
+    [row] = postgres.fetch(
+        DATABASE,
+        "SELECT f.state_type::text AS state, d.name AS deployment,"
+        " (SELECT count(*) FROM task_run t WHERE t.flow_run_id = f.id) AS tasks,"
+        " (SELECT count(*) FROM artifact a WHERE a.flow_run_id = f.id) AS artifacts"
+        " FROM flow_run f JOIN deployment d ON d.id = f.deployment_id WHERE f.id = $1::uuid",
+        run_id,
+    )
+    assert row["state"] == "COMPLETED" and row["deployment"] == "energy-pipeline-local", row
+    assert row["tasks"] >= 2 and row["artifacts"] == len(response.json()), row
 
 
 def test_failed_deployment_run_reaches_slack_from_automation_and_hook(stack, emulator_session):
@@ -166,7 +217,7 @@ def _running_process(env: dict[str, str], run_id: str) -> psutil.Process:
 
 
 def test_run_lost_with_its_worker_is_marked_crashed_by_the_heartbeat_automation(
-    stack, emulator_session
+    stack, emulator_session, postgres: PostgresCluster
 ):
     """Worker and flow run both SIGKILLed: no one reports; the missing heartbeats do."""
     emulator_session.reset()
@@ -194,6 +245,14 @@ def test_run_lost_with_its_worker_is_marked_crashed_by_the_heartbeat_automation(
     run = httpx.get(f"{stack['env']['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=10).json()
     assert run["state"]["type"] == "CRASHED", run["state"]
     assert "No heartbeat" in (run["state"]["message"] or ""), run["state"]
+    # The automation's state change is stored in PostgreSQL too.
+    states = postgres.fetch(
+        DATABASE,
+        "SELECT type::text AS type, message FROM flow_run_state WHERE flow_run_id = $1::uuid"
+        " ORDER BY timestamp",
+        run_id,
+    )
+    assert states[-1]["type"] == "CRASHED" and "No heartbeat" in states[-1]["message"], states
     print(f"\n[e2e] lost run marked Crashed {time.monotonic() - killed_at:.0f} s after the kill")
     while not stack["slack"].messages and time.monotonic() < deadline:
         time.sleep(0.5)

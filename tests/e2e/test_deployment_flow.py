@@ -1,4 +1,5 @@
-"""The deployed flow's parameter form, and settings loaded from blocks inside the run."""
+"""The deployed flow's parameter form, and settings loaded from blocks inside the run, against
+a Prefect server on PostgreSQL (blocks and global concurrency limits are rows there)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ from flows.settings import Settings
 from flows.sources.catalog import DATASETS
 from tests.conftest import fast_settings
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+if typing.TYPE_CHECKING:
+    from tests.support.postgres import PostgresCluster
+
+pytest_plugins = ["tests.support.postgres"]  # `postgres`, `prefect_on_postgres`
+pytestmark = pytest.mark.usefixtures("prefect_on_postgres")
 
 
 def test_dataset_choices_are_the_catalog():
@@ -44,7 +49,9 @@ def test_unknown_dataset_is_refused_before_anything_runs():
         energy_pipeline(datasets=["communes"])
 
 
-def test_lake_and_credentials_come_from_the_s3_block(monkeypatch):
+def test_lake_and_credentials_come_from_the_s3_block(
+    monkeypatch, postgres: PostgresCluster, prefect_on_postgres: dict
+):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
     credentials = MinIOCredentials(
@@ -64,6 +71,15 @@ def test_lake_and_credentials_come_from_the_s3_block(monkeypatch):
     assert os.environ["AWS_ACCESS_KEY_ID"] == "block-user"
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == "block-secret"
     assert "block-secret" not in settings.model_dump_json()
+    # The blocks are rows of the server's PostgreSQL database.
+    rows = postgres.fetch(
+        prefect_on_postgres["database"],
+        "SELECT d.name, t.slug FROM block_document d JOIN block_type t ON t.id = d.block_type_id"
+        " WHERE d.name LIKE 'flow-test-%' ORDER BY d.name",
+    )
+    assert [(r["name"], r["slug"]) for r in rows] == [
+        ("flow-test-credentials", "minio-credentials"), ("flow-test-lake", "s3-bucket")
+    ]  # fmt: skip
 
 
 def _limit(name: str) -> typing.Any:
@@ -73,7 +89,9 @@ def _limit(name: str) -> typing.Any:
         return client.read_global_concurrency_limit_by_name(name)
 
 
-def test_partitions_hold_the_portal_global_concurrency_limit(emulator, tmp_path):
+def test_partitions_hold_the_portal_global_concurrency_limit(
+    emulator, tmp_path, postgres: PostgresCluster, prefect_on_postgres: dict
+):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
@@ -103,6 +121,12 @@ def test_partitions_hold_the_portal_global_concurrency_limit(emulator, tmp_path)
     assert [r.status for r in report.results] == ["loaded"]
     assert max(seen) == 1, seen  # the slot was held during the load...
     assert _limit("limit-test-portal-odre").active_slots == 0  # ...and given back
+    [row] = postgres.fetch(
+        prefect_on_postgres["database"],
+        'SELECT "limit", active_slots FROM concurrency_limit_v2 WHERE name = $1',
+        "limit-test-portal-odre",
+    )
+    assert row == {"limit": 1, "active_slots": 0}, row
 
 
 def test_a_missing_portal_limit_fails_the_partition_naming_it(emulator, tmp_path):

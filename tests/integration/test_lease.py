@@ -1,6 +1,6 @@
 """The lake's lease: one writer at a time, locally (flock) and on S3 (conditional writes).
 
-Real processes and a real S3 server (moto's, on loopback): a holder in another process, a
+Real processes and a real S3 server (SeaweedFS, on loopback): a holder in another process, a
 holder that is SIGKILLed, a takeover after expiry, a holder that lost its lease.
 """
 

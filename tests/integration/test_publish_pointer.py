@@ -1,5 +1,5 @@
 """One publish, one commit: a reader that follows `gold/_publish.json` never sees tables of
-two publishes, while publishes run in a loop (local lake and S3 on moto's server)."""
+two publishes, while publishes run in a loop (local lake and S3 on SeaweedFS)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The same ingestion with the lake on S3, against moto's server (real S3 protocol on loopback)."""
+"""The same ingestion with the lake on S3, against a real S3 server (SeaweedFS on loopback)."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from flows.gold.spark_submit import (
     spark_conf,
 )
 from flows.lake.storage import s3a_jars, to_spark_uri
+from tests.support.seaweedfs import SeaweedFS
 from tests.support.spark_cluster import standalone_cluster
 
 # A tiny PySpark job: total and count of v per k, written as one Parquet file.
@@ -282,9 +283,13 @@ def test_standalone_cluster_gives_the_same_result(tmp_path: Path) -> None:
 
 @pytest.mark.spark
 @pytest.mark.s3
-def test_s3a_round_trip_with_credentials_in_env_only(tmp_path: Path, s3_endpoint: str) -> None:
-    key_id = "AKIA" + secrets.token_hex(8).upper()
-    secret = "spark-secret-" + secrets.token_hex(16)
+def test_s3a_round_trip_with_credentials_in_env_only(
+    tmp_path: Path, s3_endpoint: str, seaweedfs: SeaweedFS
+) -> None:
+    # The server's spare identity (random for the session, not the tests' default key): the
+    # job can only have it from the environment given to spark-submit.
+    key_id, secret = seaweedfs.credentials[1]
+    assert key_id != os.environ["AWS_ACCESS_KEY_ID"]
     s3 = boto3.client(
         "s3",
         endpoint_url=s3_endpoint,

@@ -1,4 +1,4 @@
-"""A real Prefect server and process worker, started as subprocesses and stopped by PID."""
+"""A real Prefect server (on PostgreSQL, or SQLite) and workers, as subprocesses stopped by PID."""
 
 from __future__ import annotations
 
@@ -53,9 +53,12 @@ def deployed_stack(
     deployment: str,
     pool: str,
     pool_type: str,
+    *,
+    database_url: str | None,
     **env_overrides: str,
 ) -> Iterator[dict[str, Any]]:
-    """Server + bootstrap (blocks on moto, a Slack receiver) + `prefect deploy` + a worker."""
+    """Server (its database at `database_url`) + bootstrap (blocks on the S3 server, a Slack
+    receiver) + `prefect deploy` + a worker."""
     from tests.support.slack_receiver import SlackReceiver
 
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
@@ -64,7 +67,7 @@ def deployed_stack(
     slack = SlackReceiver()
     threading.Thread(target=slack.serve_forever, daemon=True).start()
     try:
-        with prefect_server(home) as env:
+        with prefect_server(home, database_url) as env:
             env.update(
                 ENERGY_PIPELINE_S3_BUCKET=bucket,
                 ENERGY_PIPELINE_S3_FOLDER="lake",
@@ -84,29 +87,43 @@ def deployed_stack(
             log = home / "worker.log"
             with worker(env, pool, pool_type, log) as process:
                 yield {"env": env, "bucket": bucket, "slack": slack, "home": home, "log": log,
-                       "s3": s3_endpoint, "deploy": deploy.stdout, "worker": process}  # fmt: skip
+                       "s3": s3_endpoint, "deploy": deploy.stdout, "worker": process,
+                       "database_url": database_url}  # fmt: skip
     finally:
         slack.shutdown()
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path) -> Iterator[dict[str, str]]:
-    """`prefect server start` on a free loopback port with its own SQLite; yields its env."""
+def prefect_server(home: Path, database_url: str | None = None) -> Iterator[dict[str, str]]:
+    """`prefect server start` on a free loopback port; yields the clients' env.
+
+    Its database: `database_url` (`postgresql+asyncpg://...`, an empty database: the server
+    runs its migrations as it starts), else a SQLite file of its own in `home`. The URL goes
+    to the server process only, not to the clients' env.
+    """
     (port,) = free_ports(1)
     env = dict(os.environ)
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
-    log = (home / "server.log").open("wb")
+    server_env = dict(env)
+    if database_url is not None:
+        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     home.mkdir(parents=True, exist_ok=True)
-    server = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    with (home / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+            env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
     try:
-        wait_http(f"{env['PREFECT_API_URL']}/health", server, home / "server.log", 120)
+        started = time.monotonic()
+        wait_http(f"{env['PREFECT_API_URL']}/health", server, home / "server.log", 300)
+        print(f"\n[prefect] server on {'PostgreSQL' if database_url else 'SQLite'} healthy in "
+              f"{time.monotonic() - started:.1f} s")  # fmt: skip
         yield env
     finally:
         _stop(server)

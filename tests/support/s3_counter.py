@@ -23,11 +23,11 @@ towards objects and bytes:
 - deleted: DeleteObject, and the <Key> entries of a DeleteObjects request;
 - read: GetObject response bytes.
 
-The copy sizes come from a HEAD signed with the environment's credentials (moto takes
-any; `testing` when there are none). `requests()` is the log: each request's time,
+The copy sizes come from a HEAD signed with the environment's credentials (`testing`
+when there are none, the tests' default identity). `requests()` is the log: each request's time,
 client, operation, path, status and what it added, for splits by time (`tally_of`).
 
-    with S3Counter(moto_endpoint) as counter:
+    with S3Counter(s3_endpoint) as counter:
         client = boto3.client("s3", endpoint_url=counter.url)
         ...
         print(counter.tally().summary())
@@ -337,7 +337,7 @@ class S3Counter:
 
     def source_size(self, copy_source: str) -> int | None:
         """The size of a copy's source object (x-amz-copy-source), by a signed HEAD to the
-        server (credentials from the environment, else moto's `testing`)."""
+        server (credentials from the environment, else `testing`)."""
         source, _, version = copy_source.partition("?versionId=")
         bucket, _, key = unquote(source).lstrip("/").partition("/")
         try:
