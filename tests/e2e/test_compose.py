@@ -41,6 +41,7 @@ import httpx
 import pytest
 
 from emulator import PortalEmulator
+from tests.e2e.test_docker_image import BASE_IMAGE, ca_bundle
 from tests.support.prefect_stack import ROOT, prefect
 from tests.support.slack_receiver import SlackReceiver
 from tests.support.spark_cluster import free_ports
@@ -55,8 +56,6 @@ pytestmark = [
 
 COMPOSE = ROOT / "docker" / "compose.yaml"
 COMPOSE_TEST = ROOT / "docker" / "compose.test.yaml"
-HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
-BASE_IMAGE = "localhost/debian-base:bookworm"
 HOST = "host.containers.internal"  # the host, from a container on a Podman bridge network
 DEPLOYMENT = "energy_pipeline/energy-pipeline-local"
 LONG_RUNNING = {"postgres", "seaweedfs", "prefect-server", "spark-master", "spark-worker", "worker"}
@@ -122,16 +121,6 @@ class HealthTicker:
         self.thread.join(timeout=120)
 
 
-def _ca_bundle() -> str:
-    """The host's CA bundle as a build argument (it holds a TLS-inspecting proxy's CA)."""
-    if not HOST_CA.exists():
-        return ""
-    target = ROOT / "docker" / "ca" / "host-ca-bundle.crt"
-    if not target.exists() or target.read_bytes() != HOST_CA.read_bytes():
-        shutil.copyfile(HOST_CA, target)
-    return target.name
-
-
 class Stack:
     """One compose project: its .env, its CLI, its host ports."""
 
@@ -145,7 +134,7 @@ class Stack:
         values = {
             "ENERGY_PIPELINE_IMAGE": "localhost/energy-pipeline:compose-test",
             "BASE_IMAGE": BASE_IMAGE,
-            "CA_BUNDLE": _ca_bundle(),
+            "CA_BUNDLE": ca_bundle(),
             "BIND_ADDRESS": "127.0.0.1",
             "POSTGRES_PASSWORD": secrets.token_hex(16),
             "PREFECT_PORT": str(prefect_port),

@@ -11,7 +11,6 @@ scripts/podman-setup.sh (root, Debian bookworm); nothing here is mocked.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import yaml
 
 from tests.e2e.test_deployment_e2e import keys
-from tests.e2e.test_docker_image import BASE_IMAGE, HOST_CA, podman  # noqa: F401  (fixture)
+from tests.e2e.test_docker_image import BASE_IMAGE, ca_bundle, podman  # noqa: F401  (fixture)
 from tests.support.prefect_stack import ROOT, deployed_stack, prefect, wait_http
 from tests.support.spark_cluster import stop_process
 
@@ -66,17 +65,6 @@ def registry(podman: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         stop_process(process)
 
 
-def _ca_bundle() -> str:
-    """The host's CA bundle as a build argument (it holds a TLS-inspecting proxy's CA)."""
-    if not HOST_CA.exists():
-        return ""
-    target = ROOT / "docker" / "ca" / "host-ca-bundle.crt"
-    target.parent.mkdir(exist_ok=True)
-    if not target.exists() or target.read_bytes() != HOST_CA.read_bytes():
-        shutil.copyfile(HOST_CA, target)
-    return target.name
-
-
 @pytest.fixture(scope="module")
 def docker_stack(
     registry, emulator_session, s3_endpoint, tmp_path_factory, postgres
@@ -89,7 +77,7 @@ def docker_stack(
         ENERGY_PIPELINE_IMAGE=f"{registry}/energy-pipeline",
         ENERGY_PIPELINE_BASE_IMAGE=BASE_IMAGE,
         ENERGY_PIPELINE_PULL_BASE_IMAGE="false",  # built by debootstrap, in no registry
-        ENERGY_PIPELINE_CA_BUNDLE=_ca_bundle(),
+        ENERGY_PIPELINE_CA_BUNDLE=ca_bundle(),
     ) as stack:  # fmt: skip
         yield {**stack, "registry": registry}
 

@@ -229,6 +229,19 @@ def podman() -> str:
     return exe
 
 
+def ca_bundle() -> str:
+    """The host's CA bundle (it holds a TLS-inspecting proxy's CA, which Maven, pip and uv
+    need) copied into docker/ca/: its file name for the CA_BUNDLE build argument, or "" when
+    the host has none."""
+    if not HOST_CA.exists():
+        return ""
+    target = ROOT / "docker" / "ca" / "host-ca-bundle.crt"
+    target.parent.mkdir(exist_ok=True)
+    if not target.exists() or target.read_bytes() != HOST_CA.read_bytes():
+        shutil.copyfile(HOST_CA, target)
+    return target.name
+
+
 def _build(podman: str) -> float:
     args = [
         podman,
@@ -241,14 +254,9 @@ def _build(podman: str) -> float:
         "--build-arg",
         f"BASE_IMAGE={BASE_IMAGE}",
     ]
-    if HOST_CA.exists():
-        # The host's bundle holds the TLS-inspecting proxy's CA (Maven, pip, uv need it).
-        ca_dir = ROOT / "docker" / "ca"
-        ca_dir.mkdir(exist_ok=True)
-        target = ca_dir / "host-ca-bundle.crt"
-        if not target.exists() or target.read_bytes() != HOST_CA.read_bytes():
-            shutil.copyfile(HOST_CA, target)
-        args += ["--build-arg", "CA_BUNDLE=host-ca-bundle.crt"]
+    bundle = ca_bundle()
+    if bundle:
+        args += ["--build-arg", f"CA_BUNDLE={bundle}"]
     start = time.monotonic()
     res = _run([*args, str(ROOT)], timeout=BUILD_TIMEOUT_S)
     elapsed = time.monotonic() - start

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.spark_cluster import free_ports
+from tests.support.spark_cluster import free_ports, log_tail
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = ROOT / "scripts" / "postgres-setup.sh"
@@ -197,7 +197,7 @@ def postgres_cluster(attempts: int = 3) -> Iterator[PostgresCluster]:
             except RuntimeError as error:
                 _stop(cluster)
                 if attempt == attempts - 1:
-                    tail = _tail(cluster.log)
+                    tail = log_tail(cluster.log)
                     raise RuntimeError(f"PostgreSQL never started:\n{tail}") from error
         cluster.psql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{cluster.password}';")
         cluster.started_in_s = time.monotonic() - started
@@ -206,12 +206,6 @@ def postgres_cluster(attempts: int = 3) -> Iterator[PostgresCluster]:
         if cluster is not None:
             _stop(cluster)
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    if not path.exists():
-        return f"({path} missing)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @pytest.fixture(scope="session")
